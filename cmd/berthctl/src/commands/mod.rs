@@ -1,0 +1,20 @@
+//! One module per subcommand, each with its clap `Args` and an async `run`.
+
+pub(crate) mod bench;
+pub(crate) mod imagefsinfo;
+pub(crate) mod images;
+pub(crate) mod info;
+pub(crate) mod inspecti;
+pub(crate) mod pull;
+pub(crate) mod rmi;
+pub(crate) mod version;
+
+use k8s_cri::v1::ImageSpec;
+
+/// An `ImageSpec` naming `image` and nothing else.
+pub(crate) fn image_spec(image: &str) -> ImageSpec {
+    ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,70 @@
+//! berthctl: a CRI client with crictl's subcommand and flag names. Works against any CRI
+//! socket (berthd's or containerd's); draws live pull progress when the runtime is berthd.
+
+mod client;
+mod commands;
+mod duration;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::GlobalOpts;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "berthctl",
+    version,
+    about = "CRI client for berth (and any CRI runtime), with crictl's commands and flags"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalOpts,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Display runtime version information
+    Version(commands::version::Args),
+    /// Display information of the container runtime
+    Info(commands::info::Args),
+    /// Pull an image from a registry
+    Pull(commands::pull::Args),
+    /// List images
+    #[command(visible_aliases = ["image", "img"])]
+    Images(commands::images::Args),
+    /// Return the status of one or more images
+    Inspecti(commands::inspecti::Args),
+    /// Remove one or more images
+    Rmi(commands::rmi::Args),
+    /// Return image filesystem info
+    Imagefsinfo(commands::imagefsinfo::Args),
+    /// Benchmarks (berth only, not in crictl)
+    Bench(commands::bench::Args),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let g = &cli.global;
+    let res = match cli.command {
+        Command::Version(a) => commands::version::run(g, a).await,
+        Command::Info(a) => commands::info::run(g, a).await,
+        Command::Pull(a) => commands::pull::run(g, a).await,
+        Command::Images(a) => commands::images::run(g, a).await,
+        Command::Inspecti(a) => commands::inspecti::run(g, a).await,
+        Command::Rmi(a) => commands::rmi::run(g, a).await,
+        Command::Imagefsinfo(a) => commands::imagefsinfo::run(g, a).await,
+        Command::Bench(a) => commands::bench::run(g, a).await,
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berthctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Output in crictl's shapes: camelCase JSON/YAML, decimal human sizes, tab-aligned tables.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// `-o` of the commands that print structured status.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    Json,
+    Yaml,
+}
+
+/// Fields whose values are user maps (labels, annotations, info): their keys are data, not
+/// field names, and stay as they are.
+const MAP_FIELDS: &[&str] = &[
+    "labels",
+    "annotations",
+    "info",
+    "sysctls",
+    "unified",
+    "extra",
+];
+
+/// `runtime_api_version` → `runtimeApiVersion` (protobuf's JSON name).
+pub(crate) fn snake_to_camel(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut upper = false;
+    for c in s.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Renames object keys snake_case → camelCase, recursively, leaving user maps alone.
+pub(crate) fn camelize(v: Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let v = if MAP_FIELDS.contains(&k.as_str()) {
+                        v
+                    } else {
+                        camelize(v)
+                    };
+                    (snake_to_camel(&k), v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(camelize).collect()),
+        other => other,
+    }
+}
+
+/// Serialises a CRI message as protobuf JSON would name it (camelCase fields).
+pub(crate) fn to_cri_json<T: Serialize>(msg: &T) -> Result<Value> {
+    Ok(camelize(
+        serde_json::to_value(msg).context("serialise response")?,
+    ))
+}
+
+/// crictl's `outputStatusInfo`: `{"status": ...}` plus each info entry, parsed as JSON when it
+/// is JSON and kept as a string otherwise.
+pub(crate) fn status_with_info(
+    status: Option<Value>,
+    extra: Vec<(&str, Value)>,
+    info: &HashMap<String, String>,
+) -> Value {
+    let mut out = Map::new();
+    if let Some(status) = status {
+        out.insert("status".to_string(), status);
+    }
+    for (k, v) in extra {
+        out.insert(k.to_string(), v);
+    }
+    for (k, v) in info {
+        let parsed = serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.clone()));
+        out.insert(k.clone(), parsed);
+    }
+    Value::Object(out)
+}
+
+pub(crate) fn render(v: &Value, format: Format) -> Result<String> {
+    match format {
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(v).context("encode json")?;
+            s.push('\n');
+            Ok(s)
+        }
+        Format::Yaml => serde_yaml::to_string(v).context("encode yaml"),
+    }
+}
+
+pub(crate) fn print(v: &Value, format: Format) -> Result<()> {
+    print!("{}", render(v, format)?);
+    Ok(())
+}
+
+/// docker/go-units `HumanSizeWithPrecision(size, 3)`: decimal units, 3 significant digits.
+pub(crate) fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 9] = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
+    let mut size = bytes as f64;
+    let mut i = 0;
+    while size >= 1000.0 && i < UNITS.len() - 1 {
+        size /= 1000.0;
+        i += 1;
+    }
+    format!("{}{}", format_g(size, 3), UNITS[i])
+}
+
+/// Go's `%.{prec}g` for non-negative finite values.
+fn format_g(v: f64, prec: usize) -> String {
+    if v == 0.0 {
+        return "0".to_string();
+    }
+    let sci = format!("{:.*e}", prec.saturating_sub(1), v);
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if exp < -4 || exp >= prec as i32 {
+        let mantissa = trim_zeros(mantissa);
+        let sign = if exp < 0 { '-' } else { '+' };
+        return format!("{mantissa}e{sign}{:02}", exp.abs());
+    }
+    let decimals = (prec as i32 - 1 - exp).max(0) as usize;
+    trim_zeros(&format!("{v:.decimals$}")).to_string()
+}
+
+fn trim_zeros(s: &str) -> &str {
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        s
+    }
+}
+
+/// Go's `tabwriter.NewWriter(w, 20, 1, 3, ' ', 0)` as crictl uses it: every column but the
+/// last is padded to its widest cell + 3, at least 20.
+pub(crate) fn format_table(rows: &[Vec<String>]) -> String {
+    let ncols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0usize; ncols];
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                let width = (widths[i] + 3).max(20);
+                let pad = width.saturating_sub(cell.chars().count());
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn snake_keys_become_camel() {
+        assert_eq!(snake_to_camel("runtime_api_version"), "runtimeApiVersion");
+        assert_eq!(snake_to_camel("fs_id"), "fsId");
+        assert_eq!(snake_to_camel("id"), "id");
+        assert_eq!(snake_to_camel("image_filesystems"), "imageFilesystems");
+    }
+
+    #[test]
+    fn camelize_recurses_but_keeps_user_maps() {
+        let v = json!({
+            "repo_tags": ["a:b"],
+            "image_filesystems": [{"fs_id": {"mountpoint": "/x"}, "used_bytes": {"value": 3}}],
+            "spec": {"user_specified_image": "", "annotations": {"some_key": "v", "a.b/c_d": "e"}},
+            "labels": {"app_name": "x"}
+        });
+        let want = json!({
+            "repoTags": ["a:b"],
+            "imageFilesystems": [{"fsId": {"mountpoint": "/x"}, "usedBytes": {"value": 3}}],
+            "spec": {"userSpecifiedImage": "", "annotations": {"some_key": "v", "a.b/c_d": "e"}},
+            "labels": {"app_name": "x"}
+        });
+        assert_eq!(camelize(v), want);
+    }
+
+    #[test]
+    fn cri_messages_serialise_with_camel_names() {
+        let img = k8s_cri::v1::Image {
+            id: "sha256:abc".into(),
+            repo_tags: vec!["x:1".into()],
+            ..Default::default()
+        };
+        let v = to_cri_json(&img).ok();
+        let v = v.as_ref().and_then(Value::as_object);
+        assert!(v.is_some_and(|m| m.contains_key("repoTags") && m.contains_key("repoDigests")));
+    }
+
+    #[test]
+    fn info_values_are_parsed_when_json() {
+        let info = HashMap::from([
+            ("info".to_string(), r#"{"chainID":"sha256:1"}"#.to_string()),
+            ("plain".to_string(), "not json".to_string()),
+        ]);
+        let v = status_with_info(Some(json!({"id": "x"})), vec![], &info);
+        assert_eq!(
+            v,
+            json!({"status": {"id": "x"}, "info": {"chainID": "sha256:1"}, "plain": "not json"})
+        );
+    }
+
+    #[test]
+    fn sizes_are_human_like_go_units() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(500), "500B");
+        assert_eq!(human_size(1234), "1.23kB");
+        assert_eq!(human_size(2_140_000), "2.14MB");
+        assert_eq!(human_size(2_144_999), "2.14MB");
+        assert_eq!(human_size(12_345_678), "12.3MB");
+        assert_eq!(human_size(123_456_789), "123MB");
+        assert_eq!(human_size(1_000_000_000), "1GB");
+        assert_eq!(human_size(999_999), "1e+03kB");
+    }
+
+    #[test]
+    fn tables_align_like_tabwriter() {
+        let rows = vec![
+            vec!["IMAGE".into(), "TAG".into(), "SIZE".into()],
+            vec![
+                "127.0.0.1:5000/berth/busybox-with-a-long-name".into(),
+                "latest".into(),
+                "2.14MB".into(),
+            ],
+        ];
+        let t = format_table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2);
+        // first column: widest cell (45) + 3; second: min width 20
+        assert_eq!(lines[0], format!("{:<48}{:<20}SIZE", "IMAGE", "TAG"));
+        assert_eq!(
+            lines[1],
+            format!(
+                "{:<48}{:<20}2.14MB",
+                "127.0.0.1:5000/berth/busybox-with-a-long-name", "latest"
+            )
+        );
+    }
+}

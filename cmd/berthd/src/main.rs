@@ -1,0 +1,126 @@
+//! berthd: the berth node daemon. Reads config, wires the services together, serves CRI v1 on a
+//! unix socket until SIGTERM/SIGINT.
+
+mod config;
+mod listener;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use berth_cri::{ImageApi, PullProgressApi, RuntimeApi, RuntimeInfo};
+use berth_image::ImageManager;
+use berth_store::Store;
+use clap::Parser;
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+
+/// CRI messages can be large (ListContainers on a busy node); kubelet allows 16 MiB.
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+#[derive(Parser, Debug)]
+#[command(name = "berthd", version, about = "berth CRI runtime daemon")]
+struct Args {
+    /// TOML config file (default /etc/berth/config.toml; absent means defaults)
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Persistent state directory (config key `root`)
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Runtime state directory (config key `state`)
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// CRI unix socket path (config key `listen`)
+    #[arg(long)]
+    listen: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut cfg = Config::load(args.config.as_deref())?;
+    if let Some(v) = args.root {
+        cfg.root = v;
+    }
+    if let Some(v) = args.state {
+        cfg.state = v;
+    }
+    if let Some(v) = args.listen {
+        cfg.listen = v;
+    }
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.log_level))
+        .context("log_level")?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(cfg))
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.root)
+        .with_context(|| format!("creating root {}", cfg.root.display()))?;
+    std::fs::create_dir_all(&cfg.state)
+        .with_context(|| format!("creating state {}", cfg.state.display()))?;
+    // Held for the daemon's life: a second berthd on the same root would corrupt the store.
+    let _root_lock = listener::lock_root(&cfg.root)?;
+
+    let store = Store::open(&cfg.root).context("opening the metadata store")?;
+    let images = ImageManager::open(
+        &cfg.root,
+        store,
+        cfg.registry.config_path.clone(),
+        cfg.registry.client_options(),
+    )
+    .context("opening the image store")?;
+
+    let runtime = RuntimeApi::new(RuntimeInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        root: cfg.root.display().to_string(),
+        state: cfg.state.display().to_string(),
+    });
+    let incoming = listener::bind(&cfg.listen)?;
+    tracing::info!(socket = %cfg.listen.display(), root = %cfg.root.display(), "berthd serving CRI v1");
+
+    tonic::transport::Server::builder()
+        .add_service(
+            RuntimeServiceServer::new(runtime)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            ImageServiceServer::new(ImageApi::new(images.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            berth_proto::v1::pull_progress_server::PullProgressServer::new(PullProgressApi::new(
+                images,
+            )),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .await
+        .context("serving gRPC")?;
+    let _ = std::fs::remove_file(&cfg.listen);
+    tracing::info!("berthd stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop berthd with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}

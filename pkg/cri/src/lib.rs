@@ -1,0 +1,14 @@
+//! The CRI v1 gRPC services (and berth's own pull-progress service) over the domain crates.
+//!
+//! One module per concern; every RPC goes through [`edge::instrument`], the single place that
+//! logs, opens a span and maps domain error kinds to gRPC codes.
+
+mod edge;
+mod image;
+mod progress;
+mod runtime;
+
+pub use edge::to_status;
+pub use image::ImageApi;
+pub use progress::PullProgressApi;
+pub use runtime::{RuntimeApi, RuntimeInfo};
