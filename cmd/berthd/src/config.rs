@@ -16,6 +16,12 @@ pub struct Config {
     /// A tracing filter such as `info` or `berth_image=debug`; `RUST_LOG` wins when set.
     pub log_level: String,
     pub registry: RegistryConfig,
+    /// Pod networking: bridge, subnet, CNI directories (see docs/configuration.md).
+    pub network: berth_network::NetworkConfig,
+    /// cgroup parent for pods whose request names none (cgroupfs driver).
+    pub cgroup_parent: String,
+    /// The `berth-shim` binary; default: next to berthd, else from PATH.
+    pub shim_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -37,6 +43,9 @@ impl Default for Config {
             listen: PathBuf::from("/run/berth/berth.sock"),
             log_level: "info".to_string(),
             registry: RegistryConfig::default(),
+            network: berth_network::NetworkConfig::default(),
+            cgroup_parent: "/berth".to_string(),
+            shim_path: None,
         }
     }
 }
@@ -71,9 +80,7 @@ impl Config {
             None => (Path::new(DEFAULT_CONFIG), false),
         };
         match std::fs::read_to_string(path) {
-            Ok(text) => {
-                toml::from_str(&text).with_context(|| format!("config {}", path.display()))
-            }
+            Ok(text) => toml::from_str(&text).with_context(|| format!("config {}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Self::default()),
             Err(e) => Err(e).with_context(|| format!("reading config {}", path.display())),
         }

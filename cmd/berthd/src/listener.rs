@@ -43,7 +43,10 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListenerStream> {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt;
             if !meta.file_type().is_socket() {
-                bail!("{} exists and is not a socket; refusing to replace it", path.display());
+                bail!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                );
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 bail!("{} is in use by another process", path.display());

@@ -5,9 +5,10 @@ mod config;
 mod listener;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
-use berth_cri::{ImageApi, PullProgressApi, RuntimeApi, RuntimeInfo};
+use berth_cri::{ImageApi, PodManager, PodManagerConfig, PullProgressApi, RuntimeApi, RuntimeInfo};
 use berth_image::ImageManager;
 use berth_store::Store;
 use clap::Parser;
@@ -72,17 +73,21 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let store = Store::open(&cfg.root).context("opening the metadata store")?;
     let images = ImageManager::open(
         &cfg.root,
-        store,
+        store.clone(),
         cfg.registry.config_path.clone(),
         cfg.registry.client_options(),
     )
     .context("opening the image store")?;
 
-    let runtime = RuntimeApi::new(RuntimeInfo {
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        root: cfg.root.display().to_string(),
-        state: cfg.state.display().to_string(),
-    });
+    let pods = open_pods(&cfg, store)?;
+    let runtime = RuntimeApi::new(
+        RuntimeInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            root: cfg.root.display().to_string(),
+            state: cfg.state.display().to_string(),
+        },
+        pods,
+    );
     let incoming = listener::bind(&cfg.listen)?;
     tracing::info!(socket = %cfg.listen.display(), root = %cfg.root.display(), "berthd serving CRI v1");
 
@@ -108,6 +113,46 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&cfg.listen);
     tracing::info!("berthd stopped");
     Ok(())
+}
+
+/// Networking and pod records: the network is initialised first so recovery can release what
+/// dead pods held. A network that cannot be set up leaves the daemon serving with NetworkReady
+/// false rather than not serving at all.
+fn open_pods(cfg: &Config, store: Store) -> anyhow::Result<Arc<PodManager>> {
+    let mut net_cfg = cfg.network.clone();
+    if net_cfg.state_dir == berth_network::NetworkConfig::default().state_dir {
+        net_cfg.state_dir = cfg.root.clone();
+    }
+    let network = berth_network::NetworkManager::new(net_cfg, store.clone())
+        .context("network configuration")?;
+    if let Err(e) = network.init() {
+        tracing::error!(error = %e, "pod network setup failed; pods cannot start until it is fixed");
+    }
+    let ns_root = cfg.state.join("ns");
+    berth_sys::mount::make_shared_root(&ns_root)
+        .with_context(|| format!("preparing {}", ns_root.display()))?;
+    let pods = PodManager::open(
+        store,
+        Arc::new(network),
+        PodManagerConfig {
+            state_dir: cfg.state.clone(),
+            shim_bin: shim_path(cfg),
+            cgroup_root: cfg.cgroup_parent.clone(),
+        },
+    )
+    .map_err(|s| anyhow::anyhow!("recovering pods: {}", s.message()))?;
+    Ok(Arc::new(pods))
+}
+
+fn shim_path(cfg: &Config) -> PathBuf {
+    if let Some(p) = &cfg.shim_path {
+        return p.clone();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("berth-shim")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("berth-shim"))
 }
 
 async fn shutdown_signal() {

@@ -7,8 +7,10 @@ mod edge;
 mod image;
 mod progress;
 mod runtime;
+mod sandbox;
 
 pub use edge::to_status;
 pub use image::ImageApi;
 pub use progress::PullProgressApi;
 pub use runtime::{RuntimeApi, RuntimeInfo};
+pub use sandbox::{PodManager, PodManagerConfig};

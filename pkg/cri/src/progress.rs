@@ -22,8 +22,7 @@ impl PullProgressApi {
 
 #[tonic::async_trait]
 impl bv1::pull_progress_server::PullProgress for PullProgressApi {
-    type WatchStream =
-        Pin<Box<dyn futures::Stream<Item = Result<bv1::PullEvent, Status>> + Send>>;
+    type WatchStream = Pin<Box<dyn futures::Stream<Item = Result<bv1::PullEvent, Status>> + Send>>;
 
     async fn watch(
         &self,

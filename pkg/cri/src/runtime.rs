@@ -1,10 +1,12 @@
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use k8s_cri::v1;
 use tonic::{Request, Response, Status};
 
 use crate::edge::{instrument, Verbosity};
+use crate::sandbox::PodManager;
 
 /// What the daemon knows about itself for Version and Status.
 #[derive(Debug, Clone)]
@@ -16,11 +18,12 @@ pub struct RuntimeInfo {
 
 pub struct RuntimeApi {
     info: RuntimeInfo,
+    pub(crate) pods: Arc<PodManager>,
 }
 
 impl RuntimeApi {
-    pub fn new(info: RuntimeInfo) -> Self {
-        Self { info }
+    pub fn new(info: RuntimeInfo, pods: Arc<PodManager>) -> Self {
+        Self { info, pods }
     }
 
     fn version(&self) -> v1::VersionResponse {
@@ -35,11 +38,10 @@ impl RuntimeApi {
 
     fn status(&self, verbose: bool) -> v1::StatusResponse {
         // Truthful: sandboxes run, containers do not exist yet.
-        let (net_ok, net_reason, net_message) = (
-            false,
-            "NetworkNotBuilt".to_string(),
-            "pod networking is not implemented in this build".to_string(),
-        );
+        let (net_ok, net_reason, net_message) = match self.pods.network().status() {
+            Ok(()) => (true, String::new(), String::new()),
+            Err(why) => (false, "NetworkPluginNotReady".to_string(), why),
+        };
         let conditions = vec![
             v1::RuntimeCondition {
                 r#type: "RuntimeReady".to_string(),
@@ -137,15 +139,15 @@ macro_rules! runtime_service {
 
 runtime_service! {
     built {
+    run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse = "RunPodSandbox", Mutation;
+    stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse = "StopPodSandbox", Mutation;
+    remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse = "RemovePodSandbox", Mutation;
+    pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse = "PodSandboxStatus", Poll;
+    list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse = "ListPodSandbox", Poll;
     runtime_config(RuntimeConfigRequest) -> RuntimeConfigResponse = "RuntimeConfig", Poll;
+    update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig", Mutation;
     }
     not_built {
-    run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse = "RunPodSandbox";
-    stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse = "StopPodSandbox";
-    remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse = "RemovePodSandbox";
-    pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse = "PodSandboxStatus";
-    list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse = "ListPodSandbox";
-    update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
     create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
     start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";
     stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer";
@@ -165,18 +167,5 @@ runtime_service! {
     checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
     list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
     list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
-    }
-}
-
-impl RuntimeApi {
-    pub(crate) async fn runtime_config(
-        &self,
-        _req: v1::RuntimeConfigRequest,
-    ) -> Result<v1::RuntimeConfigResponse, Status> {
-        Ok(v1::RuntimeConfigResponse {
-            linux: Some(v1::LinuxRuntimeConfiguration {
-                cgroup_driver: v1::CgroupDriver::Cgroupfs as i32,
-            }),
-        })
     }
 }

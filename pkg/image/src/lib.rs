@@ -12,6 +12,6 @@ pub use apply::{apply_layer, AppliedLayer};
 pub use compression::Compression;
 pub use content::{ContentStore, Ingest};
 pub use error::ImageError;
-pub use snapshot::{Snapshotter, StagingDir};
 pub use manager::{FsUsage, ImageManager};
 pub use pull::{LayerProgress, LayerState, PullProgress};
+pub use snapshot::{Snapshotter, StagingDir};

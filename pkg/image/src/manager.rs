@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use berth_core::Digest;
-use berth_registry::{ClientOptions, Credentials, ImageConfig, Reference, RegistryClient, MAX_CONFIG_BYTES};
+use berth_registry::{
+    ClientOptions, Credentials, ImageConfig, Reference, RegistryClient, MAX_CONFIG_BYTES,
+};
 use berth_store::{Bucket, ImageRecord, Store};
 use futures::future::{BoxFuture, FutureExt, Shared};
 
@@ -99,7 +101,11 @@ impl ImageManager {
 
     /// Pulls `image` and returns its ID (the config digest). Identical pulls in flight share
     /// one job; the job runs to completion even if every caller goes away.
-    pub async fn pull(&self, image: &str, creds: Option<Credentials>) -> Result<Digest, ImageError> {
+    pub async fn pull(
+        &self,
+        image: &str,
+        creds: Option<Credentials>,
+    ) -> Result<Digest, ImageError> {
         let reference = Reference::parse(image)?;
         let key = reference.to_string();
         let job = {
@@ -145,7 +151,9 @@ impl ImageManager {
     /// Progress of a running pull of `image`, if one is running.
     pub fn progress(&self, image: &str) -> Option<Arc<PullProgress>> {
         let key = Reference::parse(image).ok()?.to_string();
-        lock(&self.inner.pulls).get(&key).map(|r| r.progress.clone())
+        lock(&self.inner.pulls)
+            .get(&key)
+            .map(|r| r.progress.clone())
     }
 
     async fn run_pull(
@@ -173,7 +181,9 @@ impl ImageManager {
                 .collect();
             for mut other in others {
                 other.repo_tags.retain(|t| t != tag);
-                self.inner.store.put(Bucket::Images, other.id.hex(), &other)?;
+                self.inner
+                    .store
+                    .put(Bucket::Images, other.id.hex(), &other)?;
                 write(&self.inner.images).insert(other.id.clone(), other);
             }
         }
@@ -233,7 +243,12 @@ impl ImageManager {
 
     pub fn list(&self) -> Vec<ImageRecord> {
         let mut all: Vec<ImageRecord> = read(&self.inner.images).values().cloned().collect();
-        all.sort_by(|a, b| a.repo_tags.first().cmp(&b.repo_tags.first()).then(a.id.cmp(&b.id)));
+        all.sort_by(|a, b| {
+            a.repo_tags
+                .first()
+                .cmp(&b.repo_tags.first())
+                .then(a.id.cmp(&b.id))
+        });
         all
     }
 
@@ -260,7 +275,8 @@ impl ImageManager {
 
         let (chains_in_use, blobs_in_use) = {
             let images = read(&self.inner.images);
-            let chains: HashSet<Digest> = images.values().flat_map(|r| r.chain_ids.clone()).collect();
+            let chains: HashSet<Digest> =
+                images.values().flat_map(|r| r.chain_ids.clone()).collect();
             let blobs: HashSet<Digest> = images
                 .values()
                 .flat_map(|r| {

@@ -9,8 +9,8 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use berth_core::Digest;
 use berth_registry::{
-    chain_ids, parse_manifest, select_platform, Credentials, Descriptor, ImageConfig,
-    ManifestKind, Platform, Reference, RegistryClient, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES,
+    chain_ids, parse_manifest, select_platform, Credentials, Descriptor, ImageConfig, ManifestKind,
+    Platform, Reference, RegistryClient, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES,
 };
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -291,7 +291,14 @@ impl Puller {
         let handle = tokio::spawn(async move {
             progress.set_state(LayerState::Downloading);
             let result = this
-                .fetch_and_unpack(&reference, creds.as_ref(), &desc, &diff_id, &chain_id, &progress)
+                .fetch_and_unpack(
+                    &reference,
+                    creds.as_ref(),
+                    &desc,
+                    &diff_id,
+                    &chain_id,
+                    &progress,
+                )
                 .await;
             progress.set_state(if result.is_ok() {
                 LayerState::Done

@@ -31,7 +31,7 @@ pub struct DnsConfig {
 }
 
 /// Where the pod files were written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodFiles {
     pub hostname: PathBuf,
     pub hosts: PathBuf,

@@ -102,7 +102,12 @@ impl Store {
             .join(format!("{key}.json")))
     }
 
-    pub fn put<T: Serialize>(&self, bucket: Bucket, key: &str, value: &T) -> Result<(), StoreError> {
+    pub fn put<T: Serialize>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
         let path = self.path(bucket, key)?;
         let data = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Corrupt {
             path: path.clone(),
@@ -111,7 +116,11 @@ impl Store {
         atomic_write(&path, &data).map_err(|source| StoreError::Io { path, source })
     }
 
-    pub fn get<T: DeserializeOwned>(&self, bucket: Bucket, key: &str) -> Result<Option<T>, StoreError> {
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         let path = self.path(bucket, key)?;
         match fs::read(&path) {
             Ok(data) => serde_json::from_slice(&data)
@@ -135,7 +144,10 @@ impl Store {
     /// Loads every record of a bucket. A record that cannot be parsed is reported and skipped so
     /// one bad file cannot keep the daemon from starting; leftover temp files from a crash are
     /// removed.
-    pub fn list<T: DeserializeOwned>(&self, bucket: Bucket) -> Result<Vec<(String, T)>, StoreError> {
+    pub fn list<T: DeserializeOwned>(
+        &self,
+        bucket: Bucket,
+    ) -> Result<Vec<(String, T)>, StoreError> {
         let dir = self.root.join(bucket.dir_name());
         let entries = fs::read_dir(&dir).map_err(|source| StoreError::Io {
             path: dir.clone(),
@@ -194,7 +206,10 @@ mod tests {
         assert_eq!(store.list::<Vec<i32>>(Bucket::Pods).unwrap().len(), 1);
         store.delete(Bucket::Pods, "abc").unwrap();
         store.delete(Bucket::Pods, "abc").unwrap();
-        assert!(store.get::<Vec<i32>>(Bucket::Pods, "abc").unwrap().is_none());
+        assert!(store
+            .get::<Vec<i32>>(Bucket::Pods, "abc")
+            .unwrap()
+            .is_none());
     }
 
     #[test]

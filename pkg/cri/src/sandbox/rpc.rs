@@ -1,0 +1,140 @@
+//! The sandbox RPCs: request checks on the async side, kernel work on a blocking thread.
+
+use std::sync::Arc;
+
+use k8s_cri::v1;
+use tonic::Status;
+
+use super::{run, validate, PodManager, PodRecord};
+use crate::runtime::RuntimeApi;
+
+/// Runs kernel-facing work off the async workers. The work finishes even if the client hangs
+/// up: a half-done RunPodSandbox must reach its own rollback, not be cut off mid-way.
+async fn blocking<T: Send + 'static>(
+    pods: &Arc<PodManager>,
+    f: impl FnOnce(&PodManager) -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    let pods = pods.clone();
+    tokio::task::spawn_blocking(move || f(&pods))
+        .await
+        .map_err(|e| Status::internal(format!("pod operation panicked: {e}")))?
+}
+
+fn matches_filter(p: &PodRecord, f: &v1::PodSandboxFilter) -> bool {
+    if !f.id.is_empty() && !p.id.starts_with(&f.id) {
+        return false;
+    }
+    if let Some(state) = &f.state {
+        if p.cri_state() != state.state {
+            return false;
+        }
+    }
+    f.label_selector
+        .iter()
+        .all(|(k, v)| p.labels.get(k) == Some(v))
+}
+
+impl RuntimeApi {
+    pub(crate) async fn run_pod_sandbox(
+        &self,
+        req: v1::RunPodSandboxRequest,
+    ) -> Result<v1::RunPodSandboxResponse, Status> {
+        let spec = validate::pod_spec(req)?;
+        let pod_sandbox_id = blocking(&self.pods, move |m| run::run_pod(m, spec)).await?;
+        Ok(v1::RunPodSandboxResponse { pod_sandbox_id })
+    }
+
+    pub(crate) async fn stop_pod_sandbox(
+        &self,
+        req: v1::StopPodSandboxRequest,
+    ) -> Result<v1::StopPodSandboxResponse, Status> {
+        blocking(&self.pods, move |m| m.stop(&req.pod_sandbox_id)).await?;
+        Ok(v1::StopPodSandboxResponse {})
+    }
+
+    pub(crate) async fn remove_pod_sandbox(
+        &self,
+        req: v1::RemovePodSandboxRequest,
+    ) -> Result<v1::RemovePodSandboxResponse, Status> {
+        blocking(&self.pods, move |m| m.remove(&req.pod_sandbox_id)).await?;
+        Ok(v1::RemovePodSandboxResponse {})
+    }
+
+    pub(crate) async fn pod_sandbox_status(
+        &self,
+        req: v1::PodSandboxStatusRequest,
+    ) -> Result<v1::PodSandboxStatusResponse, Status> {
+        let verbose = req.verbose;
+        let id = req.pod_sandbox_id;
+        blocking(&self.pods, move |m| {
+            let rec = m.get(&id)?;
+            let status = v1::PodSandboxStatus {
+                id: rec.id.clone(),
+                metadata: Some(rec.meta.to_cri()),
+                state: rec.cri_state(),
+                created_at: rec.created_at,
+                network: run::cri_network_status(&rec),
+                linux: Some(v1::LinuxPodSandboxStatus {
+                    namespaces: Some(v1::Namespace {
+                        options: Some(rec.namespace_option()),
+                    }),
+                }),
+                labels: rec.labels.clone().into_iter().collect(),
+                annotations: rec.annotations.clone().into_iter().collect(),
+                runtime_handler: rec.runtime_handler.clone(),
+            };
+            let mut info = std::collections::HashMap::new();
+            if verbose {
+                info.insert("info".to_string(), run::status_info(m, &rec).to_string());
+            }
+            Ok(v1::PodSandboxStatusResponse {
+                status: Some(status),
+                info,
+                containers_statuses: Vec::new(),
+                timestamp: 0,
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn list_pod_sandbox(
+        &self,
+        req: v1::ListPodSandboxRequest,
+    ) -> Result<v1::ListPodSandboxResponse, Status> {
+        let items = self
+            .pods
+            .list()
+            .iter()
+            .filter(|p| req.filter.as_ref().is_none_or(|f| matches_filter(p, f)))
+            .map(PodRecord::to_cri)
+            .collect();
+        Ok(v1::ListPodSandboxResponse { items })
+    }
+
+    pub(crate) async fn runtime_config(
+        &self,
+        _req: v1::RuntimeConfigRequest,
+    ) -> Result<v1::RuntimeConfigResponse, Status> {
+        Ok(v1::RuntimeConfigResponse {
+            linux: Some(v1::LinuxRuntimeConfiguration {
+                cgroup_driver: v1::CgroupDriver::Cgroupfs as i32,
+            }),
+        })
+    }
+
+    pub(crate) async fn update_runtime_config(
+        &self,
+        req: v1::UpdateRuntimeConfigRequest,
+    ) -> Result<v1::UpdateRuntimeConfigResponse, Status> {
+        // kubelet sends the node's pod CIDR here; berth's IPAM subnet comes from its own config,
+        // so the value is only logged.
+        if let Some(cidr) = req
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+        {
+            tracing::info!(pod_cidr = %cidr, "kubelet reported the pod CIDR");
+        }
+        Ok(v1::UpdateRuntimeConfigResponse {})
+    }
+}

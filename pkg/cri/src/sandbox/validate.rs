@@ -1,0 +1,231 @@
+//! Turns a RunPodSandboxRequest into checked values before anything is created, so bad input
+//! costs nothing to undo.
+
+use std::collections::BTreeMap;
+
+use berth_network::{PortMapping, Protocol};
+use k8s_cri::v1;
+use tonic::Status;
+
+use super::record::{HostNamespaces, PodMeta};
+use crate::edge::{invalid, to_status};
+
+pub struct PodSpec {
+    pub meta: PodMeta,
+    pub hostname: String,
+    pub log_directory: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub runtime_handler: String,
+    pub host: HostNamespaces,
+    pub shared_pid: bool,
+    pub ports: Vec<PortMapping>,
+    pub dns: Option<v1::DnsConfig>,
+    pub sysctls: Vec<(String, String)>,
+    pub cgroup_parent: String,
+}
+
+/// The runtime handlers berth knows; an empty handler means the default one.
+const HANDLERS: &[&str] = &["", "runc"];
+
+pub fn pod_spec(req: v1::RunPodSandboxRequest) -> Result<PodSpec, Status> {
+    let config = req.config.ok_or_else(|| invalid("config", "must be set"))?;
+    let md = config
+        .metadata
+        .ok_or_else(|| invalid("config.metadata", "must be set"))?;
+    for (field, value) in [
+        ("config.metadata.name", &md.name),
+        ("config.metadata.namespace", &md.namespace),
+        ("config.metadata.uid", &md.uid),
+    ] {
+        if value.is_empty() {
+            return Err(invalid(field, "must not be empty"));
+        }
+        if value.len() > 253 || value.contains(['/', '\0', '\n']) || value == ".." {
+            return Err(invalid(field, format!("{value:?} is not a valid name")));
+        }
+    }
+    if !HANDLERS.contains(&req.runtime_handler.as_str()) {
+        return Err(invalid(
+            "runtime_handler",
+            format!("unknown runtime handler {:?}", req.runtime_handler),
+        ));
+    }
+    let linux = config.linux.unwrap_or_default();
+    let ns = linux
+        .security_context
+        .as_ref()
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default();
+    let node = v1::NamespaceMode::Node as i32;
+    let host = HostNamespaces {
+        network: ns.network == node,
+        ipc: ns.ipc == node,
+        pid: ns.pid == node,
+    };
+    if ns.network == v1::NamespaceMode::Target as i32 || ns.ipc == v1::NamespaceMode::Target as i32
+    {
+        return Err(invalid(
+            "config.linux.security_context.namespace_options",
+            "TARGET mode is only valid for the pid namespace of containers",
+        ));
+    }
+    let shared_pid = ns.pid == v1::NamespaceMode::Pod as i32;
+
+    let hostname = if config.hostname.is_empty() {
+        md.name.clone()
+    } else {
+        config.hostname.clone()
+    };
+    if hostname.len() > 64
+        || !hostname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(invalid(
+            "config.hostname",
+            format!("{hostname:?} is not a valid hostname"),
+        ));
+    }
+
+    let ports = config
+        .port_mappings
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.host_port != 0)
+        .map(|(i, p)| port_mapping(i, p))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let sysctls: BTreeMap<String, String> = linux.sysctls.into_iter().collect();
+    let sysctls =
+        berth_network::validate_sysctls(&sysctls, host.network, host.ipc).map_err(to_status)?;
+
+    Ok(PodSpec {
+        meta: PodMeta {
+            name: md.name,
+            uid: md.uid,
+            namespace: md.namespace,
+            attempt: md.attempt,
+        },
+        hostname,
+        log_directory: config.log_directory,
+        labels: config.labels.into_iter().collect(),
+        annotations: config.annotations.into_iter().collect(),
+        runtime_handler: req.runtime_handler,
+        host,
+        shared_pid,
+        ports,
+        dns: config.dns_config,
+        sysctls,
+        cgroup_parent: linux.cgroup_parent,
+    })
+}
+
+fn port_mapping(i: usize, p: &v1::PortMapping) -> Result<PortMapping, Status> {
+    let field = |f: &str| format!("config.port_mappings[{i}].{f}");
+    let port = |f: &str, v: i32| {
+        u16::try_from(v)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid(&field(f), format!("{v} is not a port number (1-65535)")))
+    };
+    let protocol = Protocol::from_cri(p.protocol).map_err(|e| invalid(&field("protocol"), e))?;
+    let host_ip =
+        berth_network::parse_host_ip(&p.host_ip).map_err(|e| invalid(&field("host_ip"), e))?;
+    Ok(PortMapping {
+        protocol,
+        container_port: port("container_port", p.container_port)?,
+        host_port: port("host_port", p.host_port)?,
+        host_ip,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(edit: impl FnOnce(&mut v1::PodSandboxConfig)) -> v1::RunPodSandboxRequest {
+        let mut config = v1::PodSandboxConfig {
+            metadata: Some(v1::PodSandboxMetadata {
+                name: "web".into(),
+                uid: "u1".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        };
+        edit(&mut config);
+        v1::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        }
+    }
+
+    #[test]
+    fn minimal_pod_is_valid_and_hostname_defaults_to_name() {
+        let spec = pod_spec(request(|_| {})).unwrap();
+        assert_eq!(spec.hostname, "web");
+        assert_eq!(spec.meta.reservation_key(), "web_default_u1_0");
+    }
+
+    #[test]
+    fn missing_metadata_name_is_refused_naming_the_field() {
+        let err = pod_spec(request(|c| {
+            c.metadata.as_mut().unwrap().name.clear();
+        }))
+        .err()
+        .unwrap();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("config.metadata.name"));
+    }
+
+    #[test]
+    fn bad_ports_are_refused() {
+        for (cp, hp, proto, ip) in [
+            (80, 70000, 0, ""),
+            (0, 8080, 0, ""),
+            (80, -1, 0, ""),
+            (80, 8080, 9, ""),
+            (80, 8080, 0, "not-an-ip"),
+        ] {
+            let err = pod_spec(request(|c| {
+                c.port_mappings.push(v1::PortMapping {
+                    protocol: proto,
+                    container_port: cp,
+                    host_port: hp,
+                    host_ip: ip.into(),
+                })
+            }))
+            .err()
+            .unwrap();
+            assert_eq!(
+                err.code(),
+                tonic::Code::InvalidArgument,
+                "{cp} {hp} {proto} {ip}"
+            );
+            assert!(err.message().contains("port_mappings[0]"));
+        }
+    }
+
+    #[test]
+    fn ports_without_host_port_are_not_mapped() {
+        let spec = pod_spec(request(|c| {
+            c.port_mappings.push(v1::PortMapping {
+                protocol: 0,
+                container_port: 80,
+                host_port: 0,
+                host_ip: String::new(),
+            })
+        }))
+        .unwrap();
+        assert!(spec.ports.is_empty());
+    }
+
+    #[test]
+    fn unknown_runtime_handler_is_refused() {
+        let mut req = request(|_| {});
+        req.runtime_handler = "kata".into();
+        let err = pod_spec(req).err().unwrap();
+        assert!(err.message().contains("runtime_handler"));
+    }
+}
