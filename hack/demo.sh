@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # berth's main job on this machine, from nothing: packages, build, local registry with test
-# images, berthd up, an image pulled and shown.
+# images, berthd up, images pulled, a pod sandbox with its own network namespace and IP serving
+# on a hostPort, shown working from the node.
 #   hack/demo.sh         set up and run the demo (berthd keeps running afterwards)
 #   hack/demo.sh stop    stop the demo daemon and the registries
 set -euo pipefail
@@ -9,7 +10,13 @@ DEMO="${BERTH_DEMO_DIR:-/var/tmp/berth-demo}"
 SOCK="$DEMO/berth.sock"
 export BERTH_HACK_DIR="${BERTH_HACK_DIR:-/var/tmp/berth-hack}"
 
+stop_pods() {
+  [ -S "$SOCK" ] && target/release/berthctl -r "unix://$SOCK" rmp -a >/dev/null 2>&1 || true
+  if [ -s "$DEMO/httpd.pid" ]; then kill "$(cat "$DEMO/httpd.pid")" 2>/dev/null || true; rm -f "$DEMO/httpd.pid"; fi
+}
+
 stop_daemon() {
+  stop_pods
   if [ -s "$DEMO/berthd.pid" ] && kill -0 "$(cat "$DEMO/berthd.pid")" 2>/dev/null; then
     kill "$(cat "$DEMO/berthd.pid")"
     for _ in $(seq 50); do kill -0 "$(cat "$DEMO/berthd.pid")" 2>/dev/null || break; sleep 0.1; done
@@ -57,6 +64,33 @@ ctl pull 127.0.0.1:5000/berth/busybox:latest
 ctl pull 127.0.0.1:5000/berth/multiarch:latest
 ctl images
 ctl imagefsinfo
+
+step "a pod with its own network namespace, IP and hostPort 8080 -> 80"
+cat > "$DEMO/pod.json" <<JSON
+{
+  "metadata": {"name": "web", "namespace": "demo", "uid": "demo-web-1", "attempt": 0},
+  "hostname": "web",
+  "port_mappings": [{"protocol": "TCP", "container_port": 80, "host_port": 8080}],
+  "labels": {"app": "web"}
+}
+JSON
+POD=$(target/release/berthctl -r "unix://$SOCK" runp "$DEMO/pod.json")
+echo "pod: $POD"
+ctl pods
+ctl netns "$POD"
+NETNS=$(target/release/berthctl -r "unix://$SOCK" inspectp -o json "$POD" | jq -r '.info.info.namespaces.net')
+POD_IP=$(target/release/berthctl -r "unix://$SOCK" inspectp -o json "$POD" | jq -r '.status.network.ip')
+# Containers are the next milestone; until then a web server is placed into the pod's network
+# namespace directly, which is exactly where the pod's containers will run.
+mkdir -p "$DEMO/www"
+echo "hello from pod web ($POD_IP) via berth" > "$DEMO/www/index.html"
+nsenter --net="$NETNS" busybox httpd -f -p 80 -h "$DEMO/www" &
+echo $! > "$DEMO/httpd.pid"
+sleep 0.3
+NODE_IP=$(ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | grep -v '^10\.88\.' | head -1)
+echo "+ curl http://127.0.0.1:8080/"; curl -fsS http://127.0.0.1:8080/
+if [ -n "$NODE_IP" ]; then echo "+ curl http://$NODE_IP:8080/"; curl -fsS "http://$NODE_IP:8080/"; fi
+echo "+ curl http://$POD_IP/ (pod IP, through the bridge)"; curl -fsS "http://$POD_IP/"
 echo
 echo "berthd is running (log: $DEMO/berthd.log). Try: target/release/berthctl -r unix://$SOCK inspecti 127.0.0.1:5000/berth/busybox:latest"
 echo "Stop everything with: hack/demo.sh stop"

@@ -24,6 +24,7 @@ PKGS=(
   python3
   zstd
   ca-certificates
+  debian-archive-keyring
   curl
   attr
   xz-utils

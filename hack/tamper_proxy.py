@@ -132,8 +132,8 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 if self.connection.recv(1, 0x40 | 0x2) == b"":  # MSG_DONTWAIT|MSG_PEEK: EOF -> client gone
                     return
-            except BlockingIOError:
-                pass
+            except (BlockingIOError, TimeoutError):
+                pass  # no data and no EOF: client still waiting
             except OSError:
                 return
             time.sleep(0.5)

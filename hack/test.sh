@@ -27,9 +27,9 @@ if [ "${BERTH_SKIP_E2E:-0}" != 1 ]; then
   step "build binaries"
   cargo build --bins
   step "registries + test images"
-  trap 'hack/registry.sh stop || true' EXIT
-  hack/registry.sh start
-  hack/build-images.sh
+  trap 'bash hack/registry.sh stop || true' EXIT
+  bash hack/registry.sh start
+  bash hack/build-images.sh
   step "e2e tests"
   export BERTH_E2E_REQUIRE=1
   export BERTHD_BIN="${BERTHD_BIN:-$PWD/target/debug/berthd}"

@@ -193,8 +193,11 @@ pub struct DaemonOpts {
     pub http_hosts: Vec<String>,
     /// `log_level` in the config file.
     pub log_level: String,
-    /// Extra TOML appended to the config file.
+    /// Extra TOML appended to the config file (before the `[registry]` table).
     pub extra_config: String,
+    /// Extra `key = value` lines inside the `[registry]` table
+    /// (e.g. `progress_timeout_secs = 2`).
+    pub registry_extra: String,
 }
 
 impl Default for DaemonOpts {
@@ -203,6 +206,7 @@ impl Default for DaemonOpts {
             http_hosts: Vec::new(),
             log_level: "debug".into(),
             extra_config: String::new(),
+            registry_extra: String::new(),
         }
     }
 }
@@ -282,13 +286,14 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "root = \"{}\"\nstate = \"{}\"\nlisten = \"{}\"\nlog_level = \"{}\"\n{}\n[registry]\nconfig_path = \"{}\"\n",
+                "root = \"{}\"\nstate = \"{}\"\nlisten = \"{}\"\nlog_level = \"{}\"\n{}\n[registry]\nconfig_path = \"{}\"\n{}\n",
                 root.display(),
                 state.display(),
                 socket.display(),
                 opts.log_level,
                 opts.extra_config,
-                certs_d.display()
+                certs_d.display(),
+                opts.registry_extra
             ),
         )?;
         let mut d = Daemon {
@@ -554,10 +559,42 @@ impl Drop for Daemon {
             );
         }
         self.stop();
+        // berthd may leave mounts under its dirs (e.g. the shared bind mount of
+        // `<state>/ns`); detach them so the temp dir can be removed.
+        if let Some(b) = self.base.as_ref() {
+            unmount_under(b.path());
+        }
         if std::env::var_os("BERTH_E2E_KEEP").is_some() {
             if let Some(b) = self.base.take() {
                 eprintln!("keeping {}", b.keep().display());
             }
+        }
+    }
+}
+
+/// Mount points at or below `dir` (from /proc/self/mountinfo), deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut v: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    v.dedup();
+    v
+}
+
+/// Lazily unmount everything mounted at or below `dir`.
+pub fn unmount_under(dir: &Path) {
+    for _ in 0..4 {
+        let ms = mounts_under(dir);
+        if ms.is_empty() {
+            return;
+        }
+        for m in ms {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }

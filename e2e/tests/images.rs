@@ -720,6 +720,65 @@ async fn kill9_mid_pull_then_repull() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_blob_hits_progress_timeout() {
+    if prerequisites().is_none() {
+        return;
+    }
+    let img = Images::load().unwrap();
+    let l1 = img.list("BUSYBOX_LAYERS")[0].clone();
+    let proxy = Proxy::start(0, &["--stall-blob", &l1, "--stall-after", "4096"]).expect("proxy");
+    let opts = DaemonOpts {
+        registry_extra: "progress_timeout_secs = 2".into(),
+        ..DaemonOpts::default().http_host(proxy.host())
+    };
+    let (d, _) = setup!(opts);
+    let r = format!("{}/berth/busybox:latest", proxy.host());
+    let t = Instant::now();
+    let res = tokio::time::timeout(Duration::from_secs(60), d.pull(&r, None))
+        .await
+        .expect("pull hung past 60s despite progress_timeout_secs = 2");
+    let took = t.elapsed();
+    let s = match res {
+        Ok(id) => panic!("pull through a stalled blob succeeded: {id}"),
+        Err(s) => s,
+    };
+    eprintln!(
+        "stall error after {took:?}: {:?}: {}",
+        s.code(),
+        s.message()
+    );
+    assert!(proxy.stalled(), "the proxy never stalled the blob");
+    assert!(
+        took < Duration::from_secs(30),
+        "progress timeout took {took:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1500),
+        "failed after {took:?}, before the 2s progress timeout could fire: {}",
+        s.message()
+    );
+    assert!(
+        matches!(s.code(), Code::DeadlineExceeded | Code::Unavailable),
+        "unexpected code {:?}: {}",
+        s.code(),
+        s.message()
+    );
+    assert!(
+        d.status(&r).await.unwrap().is_none(),
+        "no image after timed-out pull"
+    );
+    assert!(
+        !d.snapshot_dir(&img.list("BUSYBOX_CHAIN_IDS")[0]).exists(),
+        "stalled layer committed"
+    );
+    // the daemon is still healthy and the same image pulls from the real registry
+    assert_eq!(
+        d.pull_ok(&img.get("BUSYBOX_REF")).await,
+        img.get("BUSYBOX_IMAGE_ID")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_references_are_invalid_argument() {
     let (d, img) = setup!();
     let repo = img.get("BUSYBOX_REPO");

@@ -5,6 +5,7 @@ mod client;
 mod commands;
 mod duration;
 mod output;
+mod podconfig;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,18 @@ enum Command {
     Rmi(commands::rmi::Args),
     /// Return image filesystem info
     Imagefsinfo(commands::imagefsinfo::Args),
+    /// Run a new pod
+    Runp(commands::runp::Args),
+    /// Stop one or more running pods
+    Stopp(commands::stopp::Args),
+    /// Remove one or more pods
+    Rmp(commands::rmp::Args),
+    /// List pods
+    Pods(commands::pods::Args),
+    /// Display the status of one or more pods
+    Inspectp(commands::inspectp::Args),
+    /// Show a pod's network: IP, veth, routes, hostPorts (berth only, not in crictl)
+    Netns(commands::netns::Args),
     /// Benchmarks (berth only, not in crictl)
     Bench(commands::bench::Args),
 }
@@ -58,6 +71,12 @@ async fn main() -> ExitCode {
         Command::Inspecti(a) => commands::inspecti::run(g, a).await,
         Command::Rmi(a) => commands::rmi::run(g, a).await,
         Command::Imagefsinfo(a) => commands::imagefsinfo::run(g, a).await,
+        Command::Runp(a) => commands::runp::run(g, a).await,
+        Command::Stopp(a) => commands::stopp::run(g, a).await,
+        Command::Rmp(a) => commands::rmp::run(g, a).await,
+        Command::Pods(a) => commands::pods::run(g, a).await,
+        Command::Inspectp(a) => commands::inspectp::run(g, a).await,
+        Command::Netns(a) => commands::netns::run(g, a).await,
         Command::Bench(a) => commands::bench::run(g, a).await,
     };
     match res {

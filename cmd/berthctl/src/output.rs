@@ -13,9 +13,37 @@ pub(crate) enum Format {
     Yaml,
 }
 
+/// `-o` of the list commands: crictl's table, or the response as JSON/YAML.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ListFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+impl ListFormat {
+    /// The structured format, or `None` for a table.
+    pub(crate) fn structured(self) -> Option<Format> {
+        match self {
+            ListFormat::Table => None,
+            ListFormat::Json => Some(Format::Json),
+            ListFormat::Yaml => Some(Format::Yaml),
+        }
+    }
+}
+
+/// crictl's `truncatedIDLen`.
+const TRUNCATED_ID_LEN: usize = 13;
+
+/// crictl's `getTruncatedID`: drop the prefix, keep 13 characters.
+pub(crate) fn truncate_id(id: &str, prefix: &str) -> String {
+    let id = id.strip_prefix(prefix).unwrap_or(id);
+    id.chars().take(TRUNCATED_ID_LEN).collect()
+}
+
 /// Fields whose values are user maps (labels, annotations, info): their keys are data, not
 /// field names, and stay as they are.
-const MAP_FIELDS: &[&str] = &[
+pub(crate) const MAP_FIELDS: &[&str] = &[
     "labels",
     "annotations",
     "info",
@@ -142,6 +170,46 @@ fn trim_zeros(s: &str) -> &str {
     }
 }
 
+/// docker/go-units `HumanDuration`, as crictl's CREATED column shows it (plus " ago").
+pub(crate) fn human_duration(d: std::time::Duration) -> String {
+    let seconds = d.as_secs();
+    let minutes = seconds / 60;
+    // go-units rounds hours to the nearest one, but truncates seconds and minutes
+    let hours = (d.as_secs_f64() / 3600.0).round() as u64;
+    if seconds < 1 {
+        "Less than a second".to_string()
+    } else if seconds == 1 {
+        "1 second".to_string()
+    } else if seconds < 60 {
+        format!("{seconds} seconds")
+    } else if minutes == 1 {
+        "About a minute".to_string()
+    } else if minutes < 60 {
+        format!("{minutes} minutes")
+    } else if hours == 1 {
+        "About an hour".to_string()
+    } else if hours < 48 {
+        format!("{hours} hours")
+    } else if hours < 24 * 7 * 2 {
+        format!("{} days", hours / 24)
+    } else if hours < 24 * 30 * 2 {
+        format!("{} weeks", hours / 24 / 7)
+    } else if hours < 24 * 365 * 2 {
+        format!("{} months", hours / 24 / 30)
+    } else {
+        format!("{} years", seconds / 3600 / 24 / 365)
+    }
+}
+
+/// How long before `now_nanos` a CRI `created_at` (unix nanoseconds) was, e.g. "2 minutes ago".
+pub(crate) fn created_ago(created_nanos: i64, now_nanos: i64) -> String {
+    let nanos = u64::try_from(now_nanos.saturating_sub(created_nanos)).unwrap_or(0);
+    format!(
+        "{} ago",
+        human_duration(std::time::Duration::from_nanos(nanos))
+    )
+}
+
 /// Go's `tabwriter.NewWriter(w, 20, 1, 3, ' ', 0)` as crictl uses it: every column but the
 /// last is padded to its widest cell + 3, at least 20.
 pub(crate) fn format_table(rows: &[Vec<String>]) -> String {
@@ -235,6 +303,50 @@ mod tests {
         assert_eq!(human_size(123_456_789), "123MB");
         assert_eq!(human_size(1_000_000_000), "1GB");
         assert_eq!(human_size(999_999), "1e+03kB");
+    }
+
+    #[test]
+    fn durations_are_human_like_go_units() {
+        use std::time::Duration;
+        let h = |s: u64| human_duration(Duration::from_secs(s));
+        assert_eq!(
+            human_duration(Duration::from_millis(300)),
+            "Less than a second"
+        );
+        assert_eq!(h(1), "1 second");
+        assert_eq!(h(59), "59 seconds");
+        assert_eq!(h(60), "About a minute");
+        assert_eq!(h(119), "About a minute");
+        assert_eq!(h(120), "2 minutes");
+        assert_eq!(h(59 * 60 + 59), "59 minutes");
+        assert_eq!(h(3600), "About an hour");
+        assert_eq!(h(5400), "2 hours"); // 1.5h rounds up
+        assert_eq!(h(47 * 3600), "47 hours");
+        assert_eq!(h(48 * 3600), "2 days");
+        assert_eq!(h(14 * 86400), "2 weeks");
+        assert_eq!(h(60 * 86400), "2 months");
+        assert_eq!(h(730 * 86400), "2 years");
+    }
+
+    #[test]
+    fn created_is_relative_to_now() {
+        let now = 1_700_000_000_000_000_000i64;
+        assert_eq!(created_ago(now - 120_000_000_000, now), "2 minutes ago");
+        assert_eq!(created_ago(now, now), "Less than a second ago");
+        // a clock behind the runtime's does not underflow
+        assert_eq!(
+            created_ago(now + 5_000_000_000, now),
+            "Less than a second ago"
+        );
+    }
+
+    #[test]
+    fn ids_truncate_to_13() {
+        assert_eq!(
+            truncate_id("sha256:0123456789abcdef", "sha256:"),
+            "0123456789abc"
+        );
+        assert_eq!(truncate_id("abc", ""), "abc");
     }
 
     #[test]

@@ -85,7 +85,7 @@ fn credentials(auth: Option<v1::AuthConfig>) -> Option<Credentials> {
         && a.auth.is_empty()
         && a.identity_token.is_empty()
         && a.registry_token.is_empty();
-    (!empty).then(|| Credentials {
+    (!empty).then_some(Credentials {
         username: a.username,
         password: a.password,
         auth: a.auth,

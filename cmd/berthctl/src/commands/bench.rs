@@ -1,5 +1,7 @@
 //! `berthctl bench pull`: cold-pull timings of one image on several CRI endpoints (and an
 //! optional shell baseline), in alternating order so neither side always goes first.
+//! `berthctl bench pods` lives in `bench_pods.rs`; the order, label and statistics helpers
+//! here are shared by both.
 
 use std::io::Write as _;
 use std::os::fd::AsFd;
@@ -13,7 +15,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use super::image_spec;
+use super::{bench_pods, image_spec};
 use crate::client::{self, GlobalOpts};
 use crate::duration::format_secs;
 use crate::output;
@@ -31,6 +33,9 @@ pub(crate) struct Args {
 enum BenchCmd {
     /// Time cold pulls of IMAGE on each endpoint (RemoveImage + --pre-run before each pull)
     Pull(PullArgs),
+    /// Time RunPodSandbox and StopPodSandbox+RemovePodSandbox on each endpoint, one pod at a
+    /// time and many in parallel
+    Pods(bench_pods::PodsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -94,6 +99,7 @@ impl Participant {
 pub(crate) async fn run(g: &GlobalOpts, args: Args) -> Result<()> {
     match args.cmd {
         BenchCmd::Pull(a) => pull(g, a).await,
+        BenchCmd::Pods(a) => bench_pods::run(g, a).await,
     }
 }
 
@@ -108,7 +114,7 @@ pub(crate) fn run_order(n: usize, run: usize) -> Vec<usize> {
 }
 
 /// `NAME=ENDPOINT` pairs of `--label`.
-fn parse_labels(labels: &[String]) -> Result<Vec<(String, String)>> {
+pub(crate) fn parse_labels(labels: &[String]) -> Result<Vec<(String, String)>> {
     labels
         .iter()
         .map(|l| match l.split_once('=') {
@@ -121,7 +127,7 @@ fn parse_labels(labels: &[String]) -> Result<Vec<(String, String)>> {
 }
 
 /// The name `--label` gives `endpoint` (matching `unix:///x` with `/x`), else the endpoint.
-fn label_for(endpoint: &str, labels: &[(String, String)]) -> String {
+pub(crate) fn label_for(endpoint: &str, labels: &[(String, String)]) -> String {
     let path = client::parse_endpoint(endpoint).ok();
     labels
         .iter()
@@ -133,7 +139,9 @@ fn label_for(endpoint: &str, labels: &[(String, String)]) -> String {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Stats {
+    /// The 50th percentile.
     pub median: f64,
+    pub p95: f64,
     pub min: f64,
     pub max: f64,
 }
@@ -144,17 +152,21 @@ pub(crate) fn stats(times: &[f64]) -> Option<Stats> {
     }
     let mut t = times.to_vec();
     t.sort_by(f64::total_cmp);
-    let n = t.len();
-    let median = if n % 2 == 1 {
-        t[n / 2]
-    } else {
-        (t[n / 2 - 1] + t[n / 2]) / 2.0
-    };
     Some(Stats {
-        median,
+        median: percentile(&t, 0.5),
+        p95: percentile(&t, 0.95),
         min: t[0],
-        max: t[n - 1],
+        max: t[t.len() - 1],
     })
+}
+
+/// The `q` quantile (0..=1) of ascending, non-empty `sorted`, interpolated linearly between
+/// the two nearest ranks (numpy's default): with q = 0.5 the usual median.
+pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
 /// Runs `cmd` with `sh -c`, its stdout sent to our stderr so that ours stays clean.
@@ -369,18 +381,34 @@ mod tests {
 
     #[test]
     fn stats_median_min_max() {
-        let s = stats(&[3.0, 1.0, 2.0]);
-        assert_eq!(
-            s,
-            Some(Stats {
-                median: 2.0,
-                min: 1.0,
-                max: 3.0
-            })
-        );
+        let s = stats(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert!((s.p95 - 2.9).abs() < 1e-9, "{s:?}");
         let s = stats(&[4.0, 1.0, 2.0, 3.0]);
         assert_eq!(s.map(|s| s.median), Some(2.5));
         assert_eq!(stats(&[]), None);
+    }
+
+    #[test]
+    fn percentiles_interpolate_between_ranks() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        // 1..=20: p50 between 10 and 11, p95 at rank 18.05 (0-based) = 19.05
+        let t: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert!(close(percentile(&t, 0.5), 10.5));
+        assert!(close(percentile(&t, 0.95), 19.05));
+        assert!(close(percentile(&t, 0.0), 1.0));
+        assert!(close(percentile(&t, 1.0), 20.0));
+        // 1..=21: exact ranks
+        let t: Vec<f64> = (1..=21).map(f64::from).collect();
+        assert!(close(percentile(&t, 0.5), 11.0));
+        assert!(close(percentile(&t, 0.95), 20.0));
+        // one sample is every percentile; out-of-range q is clamped
+        assert!(close(percentile(&[7.0], 0.95), 7.0));
+        assert!(close(percentile(&[1.0, 2.0], 1.5), 2.0));
+        // order of the input does not matter to stats()
+        let s = stats(&[5.0, 1.0, 4.0, 2.0, 3.0]).unwrap();
+        assert!(close(s.median, 3.0) && close(s.p95, 4.8));
+        assert!(close(s.min, 1.0) && close(s.max, 5.0));
     }
 
     #[test]

@@ -7,17 +7,7 @@ use k8s_cri::v1::{Image, ImageFilter, ListImagesRequest, ListImagesResponse};
 
 use super::image_spec;
 use crate::client::GlobalOpts;
-use crate::output::{self, Format};
-
-/// crictl's `truncatedIDLen`.
-const TRUNCATED_ID_LEN: usize = 13;
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ListFormat {
-    Table,
-    Json,
-    Yaml,
-}
+use crate::output::{self, truncate_id, ListFormat};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
@@ -62,30 +52,19 @@ pub(crate) async fn run(g: &GlobalOpts, args: Args) -> Result<()> {
         }
         return Ok(());
     }
-    match args.output {
-        ListFormat::Table => {
+    match args.output.structured() {
+        None => {
             print!(
                 "{}",
                 output::format_table(&image_rows(&images, args.digests, args.no_trunc))
             );
             Ok(())
         }
-        ListFormat::Json | ListFormat::Yaml => {
-            let fmt = if args.output == ListFormat::Json {
-                Format::Json
-            } else {
-                Format::Yaml
-            };
+        Some(fmt) => {
             let v = output::to_cri_json(&ListImagesResponse { images })?;
             output::print(&v, fmt)
         }
     }
-}
-
-/// crictl's `getTruncatedID`: drop the prefix, keep 13 characters.
-pub(crate) fn truncate_id(id: &str, prefix: &str) -> String {
-    let id = id.strip_prefix(prefix).unwrap_or(id);
-    id.chars().take(TRUNCATED_ID_LEN).collect()
 }
 
 /// crictl's `normalizeRepoDigest`: (name, digest) of the first repo digest.

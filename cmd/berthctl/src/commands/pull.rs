@@ -1,9 +1,9 @@
 //! `berthctl pull`: CRI PullImage, with a live bar per layer from berth's PullProgress API
 //! (a spinner only when the runtime does not have it, e.g. containerd).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -12,13 +12,11 @@ use berth_proto::v1::pull_progress_client::PullProgressClient;
 use berth_proto::v1::{PullEvent, WatchRequest};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::{
-    AuthConfig, PodSandboxConfig, PodSandboxMetadata, PullImageRequest, PullImageResponse,
-};
-use serde::Deserialize;
+use k8s_cri::v1::{AuthConfig, PullImageRequest, PullImageResponse};
 use tonic::transport::Channel;
 
 use crate::client::{GlobalOpts, RpcError};
+use crate::podconfig::load_pod_config;
 
 /// How long berthd waits for our PullImage to show up before ending the Watch stream.
 const WATCH_WAIT_MS: u32 = 10_000;
@@ -164,52 +162,6 @@ fn read_password() -> Result<String> {
         .read_line(&mut line)
         .context("read password from stdin")?;
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
-}
-
-/// The parts of a pod sandbox config a pull can use, in crictl's JSON/YAML (snake_case or
-/// camelCase keys; everything optional).
-#[derive(Deserialize, Default, Debug)]
-#[serde(default)]
-struct PodConfigFile {
-    metadata: Option<PodMetadataFile>,
-    hostname: String,
-    #[serde(alias = "logDirectory")]
-    log_directory: String,
-    labels: HashMap<String, String>,
-    annotations: HashMap<String, String>,
-}
-
-#[derive(Deserialize, Default, Debug)]
-#[serde(default)]
-struct PodMetadataFile {
-    name: String,
-    uid: String,
-    namespace: String,
-    attempt: u32,
-}
-
-fn parse_pod_config(text: &str) -> Result<PodSandboxConfig> {
-    // YAML is a superset of JSON: one parser reads both.
-    let f: PodConfigFile = serde_yaml::from_str(text)?;
-    Ok(PodSandboxConfig {
-        metadata: f.metadata.map(|m| PodSandboxMetadata {
-            name: m.name,
-            uid: m.uid,
-            namespace: m.namespace,
-            attempt: m.attempt,
-        }),
-        hostname: f.hostname,
-        log_directory: f.log_directory,
-        labels: f.labels,
-        annotations: f.annotations,
-        ..Default::default()
-    })
-}
-
-fn load_pod_config(path: &Path) -> Result<PodSandboxConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("read pod config {}", path.display()))?;
-    parse_pod_config(&text).with_context(|| format!("parse pod config {}", path.display()))
 }
 
 /// The pull display: a spinner line, then one bar per layer once berthd reports layers.
@@ -361,23 +313,6 @@ mod tests {
             Some(("u".into(), "p".into()))
         );
         assert!(matches!(build_auth(None, None, None, None), Ok(None)));
-    }
-
-    #[test]
-    fn pod_config_reads_crictl_json_and_yaml() {
-        let json = r#"{"metadata": {"name": "nginx-sandbox", "namespace": "default",
-            "attempt": 1, "uid": "hdishd83"}, "log_directory": "/tmp", "linux": {}}"#;
-        let c = parse_pod_config(json).ok();
-        let m = c.as_ref().and_then(|c| c.metadata.as_ref());
-        assert_eq!(m.map(|m| m.name.as_str()), Some("nginx-sandbox"));
-        assert_eq!(c.map(|c| c.log_directory), Some("/tmp".to_string()));
-        let yaml = "metadata:\n  name: p\nlogDirectory: /x\nlabels:\n  a: b\n";
-        let c = parse_pod_config(yaml).ok();
-        assert_eq!(
-            c.map(|c| (c.log_directory, c.labels.len())),
-            Some(("/x".into(), 1))
-        );
-        assert!(parse_pod_config("[1, 2]").is_err());
     }
 
     mod fake {
