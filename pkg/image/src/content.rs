@@ -146,21 +146,9 @@ impl ContentStore {
         }
     }
 
-    /// All committed blobs. Unreadable directories are logged and yield an empty list.
+    /// All committed blobs.
     pub fn list(&self) -> Vec<Digest> {
-        let entries = match fs::read_dir(&self.blobs) {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::warn!(path = %self.blobs.display(), error = %e, "cannot list blobs");
-                return Vec::new();
-            }
-        };
-        let mut out: Vec<Digest> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| Digest::from_hex(e.file_name().to_str()?).ok())
-            .collect();
-        out.sort();
-        out
+        digests_in(&self.blobs)
     }
 
     /// Disk space (allocated bytes) and inodes used by blobs and partial ingests.
@@ -405,6 +393,24 @@ impl Ingest {
 
     /// Stops writing but keeps the partial file so a later pull can resume from it.
     pub fn abort(self) {}
+}
+
+/// The entries of `dir` named by a digest's hex, sorted. Anything else there (temp files,
+/// staging dirs) is skipped; an unreadable directory is logged and yields an empty list.
+pub(crate) fn digests_in(dir: &Path) -> Vec<Digest> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot list directory");
+            return Vec::new();
+        }
+    };
+    let mut out: Vec<Digest> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Digest::from_hex(e.file_name().to_str()?).ok())
+        .collect();
+    out.sort();
+    out
 }
 
 #[cfg(test)]

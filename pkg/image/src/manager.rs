@@ -9,14 +9,13 @@ use berth_registry::{
     ClientOptions, Credentials, ImageConfig, Reference, RegistryClient, MAX_CONFIG_BYTES,
 };
 use berth_store::{Bucket, ImageRecord, Store};
-use futures::future::{BoxFuture, FutureExt, Shared};
 
 use crate::content::ContentStore;
-use crate::pull::{PullProgress, Puller, SharedResult};
+use crate::pull::{spawn_shared, PullProgress, Puller, SharedJob};
 use crate::snapshot::Snapshotter;
 use crate::ImageError;
 
-type PullJob = Shared<BoxFuture<'static, SharedResult<Digest>>>;
+type PullJob = SharedJob<Digest>;
 
 struct RunningPull {
     job: PullJob,
@@ -117,23 +116,15 @@ impl ImageManager {
                     let this = self.clone();
                     let prog = progress.clone();
                     let key2 = key.clone();
-                    let handle = tokio::spawn(async move {
+                    let job = spawn_shared(async move {
                         let result = this.run_pull(reference, creds, prog.clone()).await;
                         prog.finish(match &result {
                             Ok(_) => "done".to_string(),
                             Err(e) => format!("failed: {e}"),
                         });
                         lock(&this.inner.pulls).remove(&key2);
-                        result.map_err(Arc::new)
+                        result
                     });
-                    let job = async move {
-                        match handle.await {
-                            Ok(r) => r,
-                            Err(e) => Err(Arc::new(ImageError::TaskFailed(e.to_string()))),
-                        }
-                    }
-                    .boxed()
-                    .shared();
                     pulls.insert(
                         key,
                         RunningPull {

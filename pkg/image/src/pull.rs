@@ -123,7 +123,27 @@ impl PullProgress {
     }
 }
 
-type LayerJob = Shared<BoxFuture<'static, SharedResult<()>>>;
+/// A job that runs to completion on its own task and whose result any number of callers await.
+pub(crate) type SharedJob<T> = Shared<BoxFuture<'static, SharedResult<T>>>;
+type LayerJob = SharedJob<()>;
+
+/// Spawns `fut` so that it finishes even when every caller goes away (tonic drops a handler's
+/// future when the client hangs up) and returns a handle every caller can await.
+pub(crate) fn spawn_shared<T, F>(fut: F) -> SharedJob<T>
+where
+    T: Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<T, ImageError>> + Send + 'static,
+{
+    let handle = tokio::spawn(async move { fut.await.map_err(Arc::new) });
+    async move {
+        match handle.await {
+            Ok(r) => r,
+            Err(e) => Err(Arc::new(ImageError::TaskFailed(e.to_string()))),
+        }
+    }
+    .boxed()
+    .shared()
+}
 
 /// Everything a pull needs; cheap to clone into spawned tasks.
 #[derive(Clone)]
@@ -288,7 +308,7 @@ impl Puller {
         let reference = reference.clone();
         let key = chain_id.clone();
         // Spawned so the layer finishes (and is shared) even if the first requester goes away.
-        let handle = tokio::spawn(async move {
+        let job = spawn_shared(async move {
             progress.set_state(LayerState::Downloading);
             let result = this
                 .fetch_and_unpack(
@@ -308,16 +328,8 @@ impl Puller {
             if let Ok(mut jobs) = this.layer_jobs.lock() {
                 jobs.remove(&chain_id);
             }
-            result.map_err(Arc::new)
+            result
         });
-        let job = async move {
-            match handle.await {
-                Ok(r) => r,
-                Err(e) => Err(Arc::new(ImageError::TaskFailed(e.to_string()))),
-            }
-        }
-        .boxed()
-        .shared();
         jobs.insert(key, job.clone());
         job
     }

@@ -154,19 +154,7 @@ impl Snapshotter {
 
     /// Chain IDs of all committed snapshots.
     pub fn list(&self) -> Vec<Digest> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::warn!(path = %self.dir.display(), error = %e, "cannot list snapshots");
-                return Vec::new();
-            }
-        };
-        let mut out: Vec<Digest> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| Digest::from_hex(e.file_name().to_str()?).ok())
-            .collect();
-        out.sort();
-        out
+        crate::content::digests_in(&self.dir)
     }
 
     /// Removes every `staging-*` directory; call at daemon start, before any pull runs. Returns
@@ -216,25 +204,6 @@ impl Snapshotter {
             .collect::<Vec<_>>()
             .join(":")
     }
-}
-
-/// The chain ID of a layer on top of the layers identified by `parent` (OCI image spec:
-/// `ChainID(L0) = DiffID(L0)`, `ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))`).
-pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
-    match parent {
-        None => diff_id.clone(),
-        Some(parent) => Digest::of_bytes(format!("{parent} {diff_id}").as_bytes()),
-    }
-}
-
-/// Chain IDs of every layer prefix of an image, base layer first.
-pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
-    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
-    for diff_id in diff_ids {
-        let next = chain_id(out.last(), diff_id);
-        out.push(next);
-    }
-    out
 }
 
 /// Allocated bytes and inodes under `root`, not following symlinks and counting a hardlinked
@@ -362,13 +331,5 @@ mod tests {
                 a.hex()
             )
         );
-    }
-
-    #[test]
-    fn chain_ids_follow_the_oci_spec() {
-        let (a, b) = (digest(1), digest(2));
-        let ids = chain_ids(&[a.clone(), b.clone()]);
-        assert_eq!(ids[0], a);
-        assert_eq!(ids[1], Digest::of_bytes(format!("{a} {b}").as_bytes()));
     }
 }
