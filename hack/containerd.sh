@@ -142,6 +142,8 @@ case "${1:-}" in
   env)
     echo "CONTAINERD_SOCK=$SOCK"
     echo "CONTAINERD_ROOT=$ROOT"
+    echo "CONTAINERD_CNI_CONF_DIR=$DIR/cni/net.d"
+    echo "CONTAINERD_CNI_BIN_DIR=$CNI_BIN_DIR"
     echo "BERTH_BENCH_CERTS_D=$CERTS_D" ;;
   *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
 esac

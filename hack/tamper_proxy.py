@@ -113,7 +113,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"0\r\n\r\n")
         conn.close()
         self.wfile.flush()
-        log_req({"method": self.command, "path": path, "status": resp.status, "bytes": sent, "action": action})
+        log_req({"method": self.command, "path": path, "status": resp.status, "bytes": sent, "action": action,
+                 "range": self.headers.get("Range")})
 
     def _write(self, data, chunked):
         if not data:

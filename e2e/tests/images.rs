@@ -693,7 +693,7 @@ async fn kill9_mid_pull_then_repull() {
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    let _proxy2 = proxy2.expect("restart proxy on the same port");
+    let proxy2 = proxy2.expect("restart proxy on the same port");
     d.start_again().await.expect("start after kill -9");
     assert!(
         d.status(&r).await.unwrap().is_none(),
@@ -701,6 +701,19 @@ async fn kill9_mid_pull_then_repull() {
     );
     let id = d.pull_ok(&r).await;
     assert_eq!(id, img.get("BUSYBOX_IMAGE_ID"));
+    // The partial blob left by the killed pull is resumed, not fetched again from byte 0.
+    let resumed = proxy2.requests().into_iter().any(|e| {
+        e["path"].as_str().is_some_and(|p| p.ends_with(&l1))
+            && e["status"] == 206
+            && e["range"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("bytes=") && !r.starts_with("bytes=0-"))
+    });
+    assert!(
+        resumed,
+        "expected a Range request resuming {l1}: {:?}",
+        proxy2.requests()
+    );
     let l1fs = d.snapshot_fs(&img.list("BUSYBOX_CHAIN_IDS")[0]);
     let host_bb = std::fs::metadata("/bin/busybox")
         .map(|m| m.len())

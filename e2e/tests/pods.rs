@@ -281,6 +281,21 @@ fn fetch(addr: &str) -> Option<String> {
     Some(out)
 }
 
+/// The node's own primary address (not one of the pod bridges').
+fn node_ip() -> Option<String> {
+    cmd_out("ip", &["-4", "-o", "addr", "show", "scope", "global"])
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|dev| !dev.starts_with("b") && !dev.starts_with("cni"))
+        })
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|cidr| cidr.split('/').next())
+        .map(str::to_string)
+        .next()
+}
+
 fn in_subnet(ip: &str) -> bool {
     ip.parse::<Ipv4Addr>()
         .map(|a| a.octets()[0] == 10 && a.octets()[1] == 231)
@@ -416,11 +431,23 @@ async fn host_port_reaches_pod_from_loopback_and_node_ip_and_conflicts_cleanly()
     let netns = p.netns(&id).await;
     let mut server = serve_in_netns(&netns, 8080, "from-pod");
     let via_lo = fetch(&format!("127.0.0.1:{host_port}"));
-    let via_node = fetch(&format!("{GATEWAY}:{host_port}"));
+    let via_gateway = fetch(&format!("{GATEWAY}:{host_port}"));
+    let via_node = node_ip().map(|ip| fetch(&format!("{ip}:{host_port}")));
     let _ = server.kill();
     let _ = server.wait();
     assert_eq!(via_lo.as_deref(), Some("hello from-pod\n"), "via 127.0.0.1");
-    assert_eq!(via_node.as_deref(), Some("hello from-pod\n"), "via node IP");
+    assert_eq!(
+        via_gateway.as_deref(),
+        Some("hello from-pod\n"),
+        "via the bridge address"
+    );
+    if let Some(via_node) = via_node {
+        assert_eq!(
+            via_node.as_deref(),
+            Some("hello from-pod\n"),
+            "via the node IP"
+        );
+    }
 
     // Same hostPort/protocol again fails and leaves nothing of the second pod.
     let before = p.list(None).await.len();
@@ -681,7 +708,10 @@ async fn cni_plugins_give_ips_and_clean_up() {
         }
     }
     let _cni_bridge = CniBridge;
-    let a = p.run(pod_config("cni-a")).await.expect("run a");
+    let a = p
+        .run(with_host_port(pod_config("cni-a"), 8080, 18282))
+        .await
+        .expect("run a");
     let b = p.run(pod_config("cni-b")).await.expect("run b");
     let (ip_a, ip_b) = (p.ip(&a).await, p.ip(&b).await);
     assert!(
@@ -693,8 +723,42 @@ async fn cni_plugins_give_ips_and_clean_up() {
         in_netns_ok(&ns_a, &["ping", "-c", "1", "-W", "3", &ip_b]),
         "a cannot ping b over CNI"
     );
-    p.remove(&a).await;
-    p.remove(&b).await;
+
+    // hostPort through the portmap plugin (portMappings capability).
+    let mut server = serve_in_netns(&ns_a, 8080, "cni-pod");
+    let via_lo = fetch("127.0.0.1:18282");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        via_lo.as_deref(),
+        Some("hello cni-pod\n"),
+        "hostPort via portmap"
+    );
+
+    // Concurrency through the plugins: distinct IPs from host-local.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut rt = p.rt.clone();
+        tasks.push(tokio::spawn(async move {
+            rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod_config(&format!("cni-many-{i}"))),
+                runtime_handler: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().pod_sandbox_id)
+        }));
+    }
+    let mut many = Vec::new();
+    for t in tasks {
+        many.push(t.await.expect("join").expect("run via CNI"));
+    }
+    let mut ips = std::collections::HashSet::from([ip_a.clone(), ip_b.clone()]);
+    for id in &many {
+        assert!(ips.insert(p.ip(id).await), "duplicate CNI IP");
+    }
+    for id in many.iter().chain([&a, &b]) {
+        p.remove(id).await;
+    }
     let leases: Vec<_> = walkdir(&data_path)
         .into_iter()
         .filter(|f| {

@@ -1,6 +1,7 @@
 //! One module per subcommand, each with its clap `Args` and an async `run`.
 
 pub(crate) mod bench;
+pub(crate) mod bench_pods;
 pub(crate) mod imagefsinfo;
 pub(crate) mod images;
 pub(crate) mod info;
