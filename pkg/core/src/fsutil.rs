@@ -5,6 +5,17 @@ use std::path::Path;
 /// Replaces `path` with `data` so that a crash at any moment leaves either the old or the new
 /// content, never a mix: write a sibling temp file, fsync it, rename it over, fsync the directory.
 pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace_file(path, data, true)
+}
+
+/// Like [`atomic_write`] but without the fsyncs, for runtime state under `/run` that does not
+/// outlive a reboot: readers still never see a half-written file, and a process crash cannot
+/// lose page-cache data, so the fsyncs (milliseconds each on a busy disk) buy nothing there.
+pub fn replace_file_volatile(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace_file(path, data, false)
+}
+
+fn replace_file(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
@@ -24,13 +35,18 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
             .truncate(true)
             .open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
     }
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    fsync_dir(dir)
+    if durable {
+        fsync_dir(dir)?;
+    }
+    Ok(())
 }
 
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {

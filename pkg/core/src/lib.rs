@@ -6,4 +6,4 @@ mod fsutil;
 
 pub use digest::{Digest, DigestError, Sha256Writer};
 pub use error::{ErrorKind, HasKind};
-pub use fsutil::{atomic_write, fsync_dir};
+pub use fsutil::{atomic_write, fsync_dir, replace_file_volatile};

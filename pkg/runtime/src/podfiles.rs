@@ -1,6 +1,7 @@
 //! The per-pod files bind-mounted into every container of a pod: `hostname`, `hosts` and
 //! `resolv.conf`. Rendering is pure (unit-tested without root); writes go through
-//! `atomic_write`, so a crash never leaves a half-written resolv.conf behind.
+//! `replace_file_volatile` (write-then-rename, no fsync: they live under `/run` and die with the
+//! pods at reboot), so a reader never sees a half-written resolv.conf.
 //!
 //! Note: replacing a file by rename gives it a new inode, and a bind mount pins the old one.
 //! Files must therefore be final before the first container is created; `update_hosts` is meant
@@ -10,7 +11,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use berth_core::atomic_write;
+use berth_core::replace_file_volatile;
 
 use crate::{Error, Result};
 
@@ -100,7 +101,7 @@ pub fn update_hosts(hosts: &Path, hostname: &str, pod_ips: &[IpAddr]) -> Result<
 }
 
 fn write(path: &Path, data: &[u8]) -> Result<()> {
-    atomic_write(path, data).map_err(|e| Error::io("write", path, e))
+    replace_file_volatile(path, data).map_err(|e| Error::io("write", path, e))
 }
 
 /// A missing host file is not worth failing a pod over (minimal hosts and test VMs lack them);

@@ -55,8 +55,16 @@ pub fn run_pod(mgr: &PodManager, spec: PodSpec) -> Result<String, Status> {
         holder: None,
         sysctls: spec.sysctls.clone(),
     };
-    let result = mgr
-        .persist(&rec)
+    // The Creating record names everything the steps below may create (all paths derive from
+    // the ID), so it is the only write before Ready: a crash midway is undone from it at the next
+    // start, and the network layer releases leases and rules of pods that are not live.
+    let result = cgroup::pod_cgroup_path(cgroup_parent(mgr, &spec), &id)
+        .map_err(to_status)
+        .and_then(|path| {
+            rec.cgroup = Some(path);
+            rec.pinned = Some(Default::default());
+            mgr.persist(&rec)
+        })
         .and_then(|()| acquire(mgr, &spec, &mut rec));
     match result {
         Ok(()) => {
@@ -75,6 +83,14 @@ pub fn run_pod(mgr: &PodManager, spec: PodSpec) -> Result<String, Status> {
     }
 }
 
+fn cgroup_parent<'a>(mgr: &'a PodManager, spec: &'a PodSpec) -> &'a str {
+    if spec.cgroup_parent.is_empty() {
+        &mgr.cgroup_root
+    } else {
+        &spec.cgroup_parent
+    }
+}
+
 /// Acquires each resource and records it in `rec` right away, so `undo_all` knows what to free.
 fn acquire(mgr: &PodManager, spec: &PodSpec, rec: &mut PodRecord) -> Result<(), Status> {
     let mut kinds = Vec::new();
@@ -88,21 +104,12 @@ fn acquire(mgr: &PodManager, spec: &PodSpec, rec: &mut PodRecord) -> Result<(), 
         kinds.push(NsKind::Ipc);
     }
     let hostname = (!spec.host.network).then_some(spec.hostname.as_str());
-    // Persisted before pinning: a crash right after leaves a record whose ns dir gets unpinned.
-    rec.pinned = Some(Default::default());
-    mgr.persist(rec)?;
     rec.pinned =
         Some(ns::pin_namespaces(&rec.ns_dir, &kinds, hostname, &spec.sysctls).map_err(to_status)?);
-    mgr.persist(rec)?;
     let pinned = rec.pinned.clone().unwrap_or_default();
 
-    let parent = if spec.cgroup_parent.is_empty() {
-        mgr.cgroup_root.as_str()
-    } else {
-        spec.cgroup_parent.as_str()
-    };
+    let parent = cgroup_parent(mgr, spec);
     rec.cgroup = Some(cgroup::create_pod_cgroup(parent, &rec.id, None).map_err(to_status)?);
-    mgr.persist(rec)?;
 
     let dns = spec.dns.as_ref().map(|d| podfiles::DnsConfig {
         servers: d.servers.clone(),
@@ -128,7 +135,6 @@ fn acquire(mgr: &PodManager, spec: &PodSpec, rec: &mut PodRecord) -> Result<(), 
             })
             .map_err(to_status)?;
         rec.network = Some(net);
-        mgr.persist(rec)?;
     }
 
     let pod_ips: Vec<std::net::IpAddr> = rec.network.iter().map(|n| n.ip).collect();
@@ -156,7 +162,20 @@ fn acquire(mgr: &PodManager, spec: &PodSpec, rec: &mut PodRecord) -> Result<(), 
 /// failure is logged and the rest still runs.
 pub fn undo_all(mgr: &PodManager, rec: &mut PodRecord) {
     let _ = stop_pod(mgr, rec);
-    let _ = remove_leftovers(mgr, rec);
+    // A holder spawned just before a crash is not in the record, but it is in the pod cgroup.
+    if let Some(cg) = &rec.cgroup {
+        for pid in cgroup::cgroup_procs(cg).unwrap_or_default() {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    if let Err(e) = remove_leftovers(mgr, rec) {
+        tracing::warn!(pod = %rec.id, error = %e.message(), "cleaning up a failed pod");
+    }
 }
 
 /// Stops a pod: holder, network, namespaces. Returns the first failure but tries every step;
