@@ -11,7 +11,7 @@ SOCK="$DEMO/berth.sock"
 export BERTH_HACK_DIR="${BERTH_HACK_DIR:-/var/tmp/berth-hack}"
 
 stop_pods() {
-  [ -S "$SOCK" ] && target/release/berthctl -r "unix://$SOCK" rmp -a >/dev/null 2>&1 || true
+  [ -S "$SOCK" ] && target/release/berthctl -r "unix://$SOCK" rmp -a -f >/dev/null 2>&1 || true
   if [ -s "$DEMO/httpd.pid" ]; then kill "$(cat "$DEMO/httpd.pid")" 2>/dev/null || true; rm -f "$DEMO/httpd.pid"; fi
 }
 
@@ -78,7 +78,7 @@ POD=$(target/release/berthctl -r "unix://$SOCK" runp "$DEMO/pod.json")
 echo "pod: $POD"
 ctl pods
 ctl netns "$POD"
-NETNS=$(target/release/berthctl -r "unix://$SOCK" inspectp -o json "$POD" | jq -r '.info.info.namespaces.net')
+NETNS=$(target/release/berthctl -r "unix://$SOCK" inspectp -o json "$POD" | jq -r '.info.namespaces.net')
 POD_IP=$(target/release/berthctl -r "unix://$SOCK" inspectp -o json "$POD" | jq -r '.status.network.ip')
 # Containers are the next milestone; until then a web server is placed into the pod's network
 # namespace directly, which is exactly where the pod's containers will run.
