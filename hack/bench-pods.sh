@@ -104,6 +104,8 @@ started_containerd=0
 started_berthds=()
 created_bridges=()
 created_tables=()
+created_cgroups=()
+hostport_chains=0
 cleanup() {
   local rc=$?
   local dir pid
@@ -114,6 +116,8 @@ cleanup() {
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
     rm -f "$dir/berthd.pid"
+    # berthd's shared mount for pinned namespaces (its pods are gone)
+    umount "$dir/state/ns" 2>/dev/null || true
     log "berthd stopped ($dir)"
   done
   if [ "$started_containerd" = 1 ]; then
@@ -126,6 +130,23 @@ cleanup() {
   for t in ${created_tables[@]+"${created_tables[@]}"}; do
     nft delete table ip "$t" 2>/dev/null && log "nft table $t deleted" || true
   done
+  # the pods' parent cgroups (empty once the pods are gone; rmdir refuses otherwise)
+  local c
+  for c in ${created_cgroups[@]+"${created_cgroups[@]}"}; do
+    rmdir /sys/fs/cgroup/*/"$c" /sys/fs/cgroup/"$c" 2>/dev/null || true
+  done
+  # the portmap plugin's CNI-HOSTPORT-* chains, which its DEL leaves behind
+  if [ "$hostport_chains" = 1 ] && iptables -t nat -S CNI-HOSTPORT-DNAT >/dev/null 2>&1; then
+    iptables -t nat -D PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT 2>/dev/null || true
+    iptables -t nat -D OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT 2>/dev/null || true
+    iptables -t nat -D POSTROUTING -m comment --comment "CNI portfwd requiring masquerade" \
+      -j CNI-HOSTPORT-MASQ 2>/dev/null || true
+    for c in CNI-HOSTPORT-DNAT CNI-HOSTPORT-MASQ CNI-HOSTPORT-SETMARK; do
+      iptables -t nat -F "$c" 2>/dev/null || true
+      iptables -t nat -X "$c" 2>/dev/null || true
+    done
+    log "portmap's CNI-HOSTPORT-* iptables chains deleted"
+  fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -138,6 +159,12 @@ done
 for t in "$BUILTIN_NFT" "$CNI_NFT"; do
   nft list table ip "$t" >/dev/null 2>&1 || created_tables+=("$t")
 done
+for c in berth-bench-pods-berth berth-bench-pods-berth-cni k8s.io; do
+  compgen -G "/sys/fs/cgroup/*/$c" >/dev/null || [ -d "/sys/fs/cgroup/$c" ] || created_cgroups+=("$c")
+done
+if command -v iptables >/dev/null && ! iptables -t nat -S CNI-HOSTPORT-DNAT >/dev/null 2>&1; then
+  hostport_chains=1
+fi
 
 # containerd: the conflist goes in before it starts (1.6 loads it at start and on changes).
 write_conflist "$CONTAINERD_CNI_CONF_DIR"

@@ -21,6 +21,16 @@ REGISTRY="${BERTH_BENCH_REGISTRY:-127.0.0.1:5000}"
 SANDBOX_IMAGE="${BERTH_BENCH_SANDBOX_IMAGE:-$REGISTRY/berth/pause:3.9}"
 CONTAINERD="${CONTAINERD:-/usr/bin/containerd}"
 CNI_BIN_DIR="${CNI_BIN_DIR:-/usr/lib/cni}"
+# Where root may not lower oom_score_adj (some sandboxed VMs), runc fails to start pause
+# containers ("can't get final child's PID from pipe") unless the CRI plugin clamps the -998 it
+# asks for to containerd's own score: auto-detected, or CONTAINERD_RESTRICT_OOM_SCORE_ADJ=true|false.
+if [ -z "${CONTAINERD_RESTRICT_OOM_SCORE_ADJ:-}" ]; then
+  if (echo -999 >/proc/self/oom_score_adj) 2>/dev/null; then
+    CONTAINERD_RESTRICT_OOM_SCORE_ADJ=false
+  else
+    CONTAINERD_RESTRICT_OOM_SCORE_ADJ=true
+  fi
+fi
 
 log() { echo "containerd.sh: $*" >&2; }
 
@@ -64,6 +74,7 @@ disabled_plugins = ["io.containerd.internal.v1.tracing", "io.containerd.tracing.
 
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$SANDBOX_IMAGE"
+  restrict_oom_score_adj = $CONTAINERD_RESTRICT_OOM_SCORE_ADJ
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
 

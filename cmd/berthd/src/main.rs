@@ -69,6 +69,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("creating state {}", cfg.state.display()))?;
     // Held for the daemon's life: a second berthd on the same root would corrupt the store.
     let _root_lock = listener::lock_root(&cfg.root)?;
+    // Bound before any state is touched: a socket held by another daemon must stop this one
+    // before it changes bridges or rules. Connections queue until serving starts below.
+    let incoming = listener::bind(&cfg.listen)?;
 
     let store = Store::open(&cfg.root).context("opening the metadata store")?;
     let images = ImageManager::open(
@@ -88,7 +91,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         },
         pods,
     );
-    let incoming = listener::bind(&cfg.listen)?;
     tracing::info!(socket = %cfg.listen.display(), root = %cfg.root.display(), "berthd serving CRI v1");
 
     tonic::transport::Server::builder()

@@ -2,10 +2,13 @@
 //! several CRI endpoints, one pod at a time and many at once, endpoints taking turns going
 //! first. Every pod carries the label `io.berth.bench=pods`; pods left by an earlier, aborted
 //! run are removed before timing, and everything this run created is removed at the end, on
-//! error and on ^C too.
+//! error and on ^C too (the first ^C lets the current step finish, so that no RunPodSandbox is
+//! abandoned half-way and creates its pod after the cleanup; a second one exits at once).
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read as _, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
@@ -28,6 +31,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 const LABEL_KEY: &str = "io.berth.bench";
 const LABEL_VALUE: &str = "pods";
 const NAMESPACE: &str = "bench";
+/// After a failure, how long to wait before looking again for pods that calls which failed on
+/// our side (deadline) may still have created.
+const LATE_POD_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct PodsArgs {
@@ -217,15 +223,18 @@ pub(crate) async fn run(g: &GlobalOpts, a: PodsArgs) -> Result<()> {
         a.parallel_runs as usize
     };
     let steps = schedule(ps.len(), a.warmup as usize, a.runs as usize, parallel_runs);
-    let res = tokio::select! {
-        r = bench(g, &a, &mut ps, &steps) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-    };
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let signals = tokio::spawn(watch_interrupts(interrupted.clone()));
+    let res = bench(g, &a, &mut ps, &steps, &interrupted).await;
+    if res.is_err() {
+        tokio::time::sleep(LATE_POD_GRACE).await;
+    }
     let mut left = 0;
     for p in &mut ps {
         cleanup(g, p).await;
         left += p.live.len();
     }
+    signals.abort();
     res?;
     if left > 0 {
         eprintln!("warning: {left} benchmark pod(s) could not be removed");
@@ -243,9 +252,32 @@ pub(crate) async fn run(g: &GlobalOpts, a: PodsArgs) -> Result<()> {
     Ok(())
 }
 
-async fn bench(g: &GlobalOpts, a: &PodsArgs, ps: &mut [Participant], steps: &[Step]) -> Result<()> {
+/// First ^C: sets `flag`, which stops the bench after the current step. Second: exits.
+async fn watch_interrupts(flag: Arc<AtomicBool>) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    eprintln!(
+        "interrupted: finishing the current step, then removing the pods (^C again: exit now)"
+    );
+    flag.store(true, Ordering::SeqCst);
+    if tokio::signal::ctrl_c().await.is_ok() {
+        std::process::exit(130);
+    }
+}
+
+async fn bench(
+    g: &GlobalOpts,
+    a: &PodsArgs,
+    ps: &mut [Participant],
+    steps: &[Step],
+    interrupted: &AtomicBool,
+) -> Result<()> {
     let (runs, parallel_runs) = (a.runs as usize, a.parallel_runs as usize);
     for step in steps {
+        if interrupted.load(Ordering::SeqCst) {
+            return Err(anyhow!("interrupted"));
+        }
         let p = &mut ps[step.participant];
         let run = step.run_name();
         match step.phase {
