@@ -305,9 +305,38 @@ fn in_subnet(ip: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_lifecycle_status_list_and_idempotent_teardown() {
     let Some(mut p) = start().await else { return };
-    let id = p.run(pod_config("life")).await.expect("run");
+    let mut config = pod_config("life");
+    config.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["e2e.svc.cluster.local".into(), "svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    let id = p.run(config).await.expect("run");
     let (st, info) = p.status(&id).await.expect("status");
     assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+    let cfg =
+        p.rt.runtime_config(cri::RuntimeConfigRequest {})
+            .await
+            .expect("RuntimeConfig")
+            .into_inner();
+    assert_eq!(
+        cfg.linux.map(|l| l.cgroup_driver),
+        Some(cri::CgroupDriver::Cgroupfs as i32)
+    );
+    let cgroup = info["cgroupPath"]
+        .as_str()
+        .expect("cgroup path")
+        .to_string();
+    let cgroup_dirs: Vec<PathBuf> = [
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+    ]
+    .iter()
+    .map(|root| PathBuf::from(format!("{root}{cgroup}")))
+    .filter(|p| p.is_dir())
+    .collect();
+    assert!(!cgroup_dirs.is_empty(), "pod cgroup {cgroup} not found");
     let ip = st.network.as_ref().expect("network").ip.clone();
     assert!(in_subnet(&ip), "pod IP {ip} outside {SUBNET}");
     let netns = PathBuf::from(info["namespaces"]["net"].as_str().expect("netns"));
@@ -323,7 +352,22 @@ async fn pod_lifecycle_status_list_and_idempotent_teardown() {
     let resolv = info["files"]["resolv_conf"]
         .as_str()
         .expect("resolv.conf path");
-    assert!(Path::new(resolv).exists());
+    let resolv_text = std::fs::read_to_string(resolv).expect("resolv.conf");
+    assert!(
+        resolv_text.contains("nameserver 10.96.0.10"),
+        "{resolv_text}"
+    );
+    assert!(
+        resolv_text.contains("search e2e.svc.cluster.local svc.cluster.local"),
+        "{resolv_text}"
+    );
+    assert!(resolv_text.contains("options ndots:5"), "{resolv_text}");
+    let hosts = std::fs::read_to_string(info["files"]["hosts"].as_str().expect("hosts path"))
+        .expect("hosts");
+    assert!(
+        hosts.contains(&format!("{ip}\tlife")) || hosts.contains(&format!("{ip} life")),
+        "{hosts}"
+    );
 
     // Same metadata again: ALREADY_EXISTS naming the holder.
     let dup = p.run(pod_config("life")).await.expect_err("duplicate");
@@ -367,6 +411,9 @@ async fn pod_lifecycle_status_list_and_idempotent_teardown() {
 
     p.remove(&id).await;
     p.remove(&id).await;
+    for dir in &cgroup_dirs {
+        assert!(!dir.exists(), "pod cgroup {} left", dir.display());
+    }
     // Remove of a running pod stops it first.
     p.remove(&other).await;
     assert!(p.list(None).await.is_empty());
@@ -485,6 +532,24 @@ async fn bad_sysctls_and_bad_ports_are_invalid_and_leave_the_host_untouched() {
         ("net/ipv4/../../kernel/core_pattern", "x"),
         ("kernel.domainname=x", "y"),
     ];
+    // Network sysctls make no sense for a pod in the node's network namespace.
+    let mut c = pod_config("hostnet-sysctl");
+    c.linux = Some(cri::LinuxPodSandboxConfig {
+        sysctls: HashMap::from([("net.ipv4.ip_forward".to_string(), "0".to_string())]),
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = p
+        .run(c)
+        .await
+        .expect_err("net sysctl on a host-network pod");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     for (k, v) in bad_sysctls {
         let mut c = pod_config("sys");
         c.linux = Some(cri::LinuxPodSandboxConfig {
