@@ -841,3 +841,41 @@ fn walkdir(dir: &Path) -> Vec<PathBuf> {
     walk(dir, &mut |p| out.push(p.to_path_buf()));
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_client_timeout_gets_the_pod_created_for_it() {
+    let Some(mut p) = start().await else { return };
+    let mut req = tonic::Request::new(cri::RunPodSandboxRequest {
+        config: Some(pod_config("late")),
+        runtime_handler: String::new(),
+    });
+    // Far shorter than RunPodSandbox takes: the client gives up while berthd is still working.
+    req.set_timeout(Duration::from_micros(200));
+    let first = p.rt.run_pod_sandbox(req).await;
+    eprintln!(
+        "first RunPodSandbox: {:?}",
+        first.as_ref().map(|_| "ok").map_err(|s| s.code())
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let retry = p.run(pod_config("late")).await;
+    let pods = p.list(None).await;
+    assert_eq!(pods.len(), 1, "exactly one pod for one name: {pods:?}");
+    match first {
+        Ok(r) => {
+            // The first call beat its deadline; the retry must then see the name as taken.
+            let err = retry.expect_err("second run of a live pod");
+            assert_eq!(err.code(), Code::AlreadyExists);
+            p.remove(&r.into_inner().pod_sandbox_id).await;
+        }
+        Err(status) => {
+            assert!(
+                matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+                "{status:?}"
+            );
+            let id = retry.expect("the retry is answered with the pod created after the timeout");
+            assert_eq!(id, pods[0].id);
+            p.remove(&id).await;
+        }
+    }
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+}

@@ -36,6 +36,10 @@ pub struct PodManager {
     names: Mutex<HashMap<String, String>>,
     /// One lifecycle operation per pod at a time (stop racing remove must not double-free).
     pod_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Pods whose RunPodSandbox finished after its caller had hung up (kubelet's deadline), by
+    /// name key: the caller's retry is answered with this pod instead of ALREADY_EXISTS, as
+    /// CRI-O's resource store does.
+    pub(crate) unclaimed: Mutex<HashMap<String, String>>,
 }
 
 pub struct PodManagerConfig {
@@ -63,6 +67,7 @@ impl PodManager {
             pods: RwLock::default(),
             names: Mutex::default(),
             pod_locks: Mutex::default(),
+            unclaimed: Mutex::default(),
         };
         let records = mgr
             .store

@@ -1,5 +1,6 @@
 //! The sandbox RPCs: request checks on the async side, kernel work on a blocking thread.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use k8s_cri::v1;
@@ -18,6 +19,22 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&pods))
         .await
         .map_err(|e| Status::internal(format!("pod operation panicked: {e}")))?
+}
+
+/// True while the RPC's caller still waits; dropping it (the handler future was cancelled)
+/// flips it to false.
+struct CallerPresent(Arc<AtomicBool>);
+
+impl Default for CallerPresent {
+    fn default() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl Drop for CallerPresent {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 fn matches_filter(p: &PodRecord, f: &v1::PodSandboxFilter) -> bool {
@@ -40,7 +57,20 @@ impl RuntimeApi {
         req: v1::RunPodSandboxRequest,
     ) -> Result<v1::RunPodSandboxResponse, Status> {
         let spec = validate::pod_spec(req)?;
-        let pod_sandbox_id = blocking(&self.pods, move |m| run::run_pod(m, spec)).await?;
+        let key = spec.meta.reservation_key();
+        // Cleared if tonic drops this future (the client gave up) before the pod is handed over.
+        let caller = CallerPresent::default();
+        let present = caller.0.clone();
+        let pod_sandbox_id = blocking(&self.pods, move |m| {
+            let id = run::run_pod(m, spec)?;
+            if !present.load(Ordering::SeqCst) {
+                super::lock(&m.unclaimed).insert(key, id.clone());
+            }
+            Ok(id)
+        })
+        .await?;
+        // The flag was read inside the closure, which has finished: dropping now changes nothing.
+        drop(caller);
         Ok(v1::RunPodSandboxResponse { pod_sandbox_id })
     }
 

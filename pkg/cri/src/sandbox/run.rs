@@ -28,6 +28,10 @@ pub fn run_pod(mgr: &PodManager, spec: PodSpec) -> Result<String, Status> {
     {
         let mut names = lock(&mgr.names);
         if let Some(holder) = names.get(&key) {
+            if lock(&mgr.unclaimed).remove(&key).as_ref() == Some(holder) {
+                tracing::info!(pod = %holder, name = %key, "handing a pod created after its caller left to the retry");
+                return Ok(holder.clone());
+            }
             return Err(Status::already_exists(format!(
                 "pod sandbox name {key:?} is already reserved for {holder}"
             )));
