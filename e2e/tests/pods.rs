@@ -879,3 +879,122 @@ async fn retry_after_client_timeout_gets_the_pod_created_for_it() {
     }
     assert_eq!(p.leftovers(), Vec::<String>::new());
 }
+
+/// A second "host" on the node's network: its own netns, joined to the node by a veth pair.
+/// Removes both on drop.
+struct OtherHost {
+    name: String,
+}
+
+impl OtherHost {
+    const NODE_SIDE: &'static str = "10.239.0.1";
+    const HOST_SIDE: &'static str = "10.239.0.2";
+
+    fn create() -> OtherHost {
+        let name = format!("be2ehost{}", std::process::id() % 10000);
+        let me = OtherHost { name };
+        let n = &me.name;
+        let veth = "be2ehv0";
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), n.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                veth.into(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                "eth0".into(),
+                "netns".into(),
+                n.clone(),
+            ],
+            vec![
+                "addr".into(),
+                "add".into(),
+                format!("{}/30", Self::NODE_SIDE),
+                "dev".into(),
+                veth.into(),
+            ],
+            vec!["link".into(), "set".into(), veth.into(), "up".into()],
+            vec![
+                "-n".into(),
+                n.clone(),
+                "addr".into(),
+                "add".into(),
+                format!("{}/30", Self::HOST_SIDE),
+                "dev".into(),
+                "eth0".into(),
+            ],
+            vec![
+                "-n".into(),
+                n.clone(),
+                "link".into(),
+                "set".into(),
+                "eth0".into(),
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                n.clone(),
+                "link".into(),
+                "set".into(),
+                "lo".into(),
+                "up".into(),
+            ],
+        ];
+        for args in steps {
+            let ok = Command::new("ip")
+                .args(&args)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "ip {args:?} failed");
+        }
+        me
+    }
+
+    /// Connects from the other host to `addr` and returns what the server said.
+    fn fetch(&self, ip: &str, port: u16) -> String {
+        let script = format!(
+            "import socket;s=socket.create_connection(('{ip}',{port}),3);print(s.recv(100).decode(),end='')"
+        );
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "python3", "-c", &script])
+            .output()
+            .expect("client on the other host");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for OtherHost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", "be2ehv0"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_port_is_reachable_from_another_host() {
+    let Some(mut p) = start().await else { return };
+    let other = OtherHost::create();
+    let id = p
+        .run(with_host_port(pod_config("public"), 8080, 18383))
+        .await
+        .expect("run with hostPort");
+    let netns = p.netns(&id).await;
+    let mut server = serve_in_netns(&netns, 8080, "to-the-world");
+    // Arrives on the node's interface from elsewhere: the prerouting DNAT path.
+    let got = other.fetch(OtherHost::NODE_SIDE, 18383);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(got, "hello to-the-world\n");
+    p.remove(&id).await;
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+}
