@@ -66,11 +66,16 @@ fn opts(cni_dir: &Path) -> DaemonOpts {
     }
 }
 
+/// Every test here uses the same bridge, table and test-host names, so they take turns even
+/// when cargo runs tests in parallel.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Pods {
     daemon: Daemon,
     rt: RuntimeServiceClient<Channel>,
     _cni: tempfile::TempDir,
     _net: NetGuard,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
 async fn start() -> Option<Pods> {
@@ -81,6 +86,7 @@ async fn start_with(prepare_cni: impl FnOnce(&Path)) -> Option<Pods> {
     if !have_root() {
         return None;
     }
+    let serial = SERIAL.lock().await;
     let net = NetGuard;
     let cni = tempfile::tempdir().expect("cni dir");
     prepare_cni(cni.path());
@@ -91,6 +97,7 @@ async fn start_with(prepare_cni: impl FnOnce(&Path)) -> Option<Pods> {
         rt,
         _cni: cni,
         _net: net,
+        _serial: serial,
     })
 }
 
@@ -995,6 +1002,49 @@ async fn host_port_is_reachable_from_another_host() {
     let _ = server.kill();
     let _ = server.wait();
     assert_eq!(got, "hello to-the-world\n");
+    p.remove(&id).await;
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_from_a_pod_is_masqueraded_to_the_node_address() {
+    let Some(mut p) = start().await else { return };
+    let other = OtherHost::create();
+    // The other host has no route to the pod subnet: only a masqueraded connection can answer.
+    let script = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0',19090))\ns.listen(1)\nprint('ready', flush=True)\nc,a=s.accept()\nc.sendall(a[0].encode())\nc.close()\n";
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &other.name, "python3", "-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("server on the other host");
+    let mut ready = [0u8; 6];
+    server
+        .stdout
+        .as_mut()
+        .expect("stdout")
+        .read_exact(&mut ready)
+        .expect("server ready");
+    let id = p.run(pod_config("egress")).await.expect("run");
+    let netns = p.netns(&id).await;
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args([
+            "python3",
+            "-c",
+            &format!(
+                "import socket;s=socket.create_connection(('{}',19090),3);print(s.recv(100).decode(),end='')",
+                OtherHost::HOST_SIDE
+            ),
+        ])
+        .output()
+        .expect("client in pod");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        OtherHost::NODE_SIDE,
+        "the other host must see the node's address, not the pod's: {out:?}"
+    );
     p.remove(&id).await;
     assert_eq!(p.leftovers(), Vec::<String>::new());
 }
