@@ -1048,3 +1048,66 @@ async fn egress_from_a_pod_is_masqueraded_to_the_node_address() {
     p.remove(&id).await;
     assert_eq!(p.leftovers(), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_host_port_answers_from_loopback_and_another_host() {
+    let Some(mut p) = start().await else { return };
+    let other = OtherHost::create();
+    let mut config = pod_config("udp");
+    config.port_mappings.push(cri::PortMapping {
+        protocol: cri::Protocol::Udp as i32,
+        container_port: 5353,
+        host_port: 18484,
+        host_ip: String::new(),
+    });
+    let id = p.run(config).await.expect("run with a UDP hostPort");
+    let netns = p.netns(&id).await;
+    let script = "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',5353))\nprint('ready', flush=True)\nwhile True:\n  d,a=s.recvfrom(100)\n  s.sendto(b'pong '+d,a)\n";
+    let mut server = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["python3", "-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("UDP server in pod");
+    let mut ready = [0u8; 6];
+    server
+        .stdout
+        .as_mut()
+        .expect("stdout")
+        .read_exact(&mut ready)
+        .expect("server ready");
+    let client = |ip: &str| {
+        format!(
+            "import socket;s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);s.settimeout(3);s.sendto(b'ping',('{ip}',18484));print(s.recvfrom(100)[0].decode(),end='')"
+        )
+    };
+    let local = Command::new("python3")
+        .args(["-c", &client("127.0.0.1")])
+        .output()
+        .expect("local client");
+    let remote = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &other.name,
+            "python3",
+            "-c",
+            &client(OtherHost::NODE_SIDE),
+        ])
+        .output()
+        .expect("remote client");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        String::from_utf8_lossy(&local.stdout),
+        "pong ping",
+        "{local:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&remote.stdout),
+        "pong ping",
+        "{remote:?}"
+    );
+    p.remove(&id).await;
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+}
