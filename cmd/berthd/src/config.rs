@@ -33,6 +33,8 @@ pub struct RegistryConfig {
     pub request_timeout_secs: u64,
     /// A blob download that receives no byte for this long fails instead of hanging.
     pub progress_timeout_secs: u64,
+    /// Layers downloaded (and unpacked) at once, across all pulls.
+    pub max_concurrent_downloads: usize,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for RegistryConfig {
             connect_timeout_secs: 10,
             request_timeout_secs: 30,
             progress_timeout_secs: 30,
+            max_concurrent_downloads: 3,
         }
     }
 }

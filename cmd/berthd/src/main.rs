@@ -79,6 +79,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         store.clone(),
         cfg.registry.config_path.clone(),
         cfg.registry.client_options(),
+        cfg.registry.max_concurrent_downloads,
     )
     .context("opening the image store")?;
 

@@ -55,6 +55,7 @@ impl ImageManager {
         store: Store,
         registry_config_path: PathBuf,
         options: ClientOptions,
+        max_concurrent_downloads: usize,
     ) -> Result<Self, ImageError> {
         let content = ContentStore::open(root)?;
         let snapshots = Snapshotter::open(root)?;
@@ -75,7 +76,12 @@ impl ImageManager {
             images.insert(rec.id.clone(), rec);
         }
         let registry = RegistryClient::new(registry_config_path, options);
-        let puller = Puller::new(registry, content.clone(), snapshots.clone());
+        let puller = Puller::new(
+            registry,
+            content.clone(),
+            snapshots.clone(),
+            max_concurrent_downloads,
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),

@@ -155,16 +155,25 @@ pub struct Puller {
     /// In-flight layer unpacks by chain ID, so two images (or two tags) that share a layer
     /// download and unpack it once.
     layer_jobs: Arc<Mutex<HashMap<Digest, LayerJob>>>,
+    /// Caps layer downloads across all pulls (containerd's `max_concurrent_downloads`): an image
+    /// with 40 layers must not open 40 connections and 40 unpack threads at once.
+    downloads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Puller {
-    pub fn new(registry: RegistryClient, content: ContentStore, snapshots: Snapshotter) -> Self {
+    pub fn new(
+        registry: RegistryClient,
+        content: ContentStore,
+        snapshots: Snapshotter,
+        max_concurrent_downloads: usize,
+    ) -> Self {
         Self {
             registry,
             content,
             snapshots,
             platform: Platform::host(),
             layer_jobs: Arc::default(),
+            downloads: Arc::new(tokio::sync::Semaphore::new(max_concurrent_downloads.max(1))),
         }
     }
 
@@ -309,6 +318,11 @@ impl Puller {
         let key = chain_id.clone();
         // Spawned so the layer finishes (and is shared) even if the first requester goes away.
         let job = spawn_shared(async move {
+            let _permit = this
+                .downloads
+                .acquire()
+                .await
+                .map_err(|e| ImageError::TaskFailed(e.to_string()))?;
             progress.set_state(LayerState::Downloading);
             let result = this
                 .fetch_and_unpack(
