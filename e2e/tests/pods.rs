@@ -155,6 +155,29 @@ impl Pods {
         Ok((r.status.expect("status"), info))
     }
 
+    /// Starts `n` pods at once, each RunPodSandbox on its own task; returns their IDs.
+    async fn run_concurrently(&self, prefix: &str, n: usize) -> Vec<String> {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let mut rt = self.rt.clone();
+                let config = pod_config(&format!("{prefix}-{i}"));
+                tokio::spawn(async move {
+                    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                        config: Some(config),
+                        runtime_handler: String::new(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().pod_sandbox_id)
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.expect("join").expect("concurrent RunPodSandbox"));
+        }
+        ids
+    }
+
     async fn ip(&mut self, id: &str) -> String {
         let (st, _) = self.status(id).await.expect("status");
         st.network.expect("network status").ip
@@ -259,25 +282,46 @@ fn in_netns_ok(netns: &Path, args: &[&str]) -> bool {
         .unwrap_or(false)
 }
 
-/// A one-shot TCP server inside the pod's network namespace that answers `hello <tag>`.
-fn serve_in_netns(netns: &Path, port: u16, tag: &str) -> std::process::Child {
+/// A Python server started under `wrapper` (nsenter into a pod, `ip netns exec` into a test
+/// host); ready once it printed `ready`, killed when dropped, also when a test fails.
+struct Server(std::process::Child);
+
+impl Server {
+    fn start(wrapper: &[String], script: &str) -> Server {
+        let mut child = Command::new(&wrapper[0])
+            .args(&wrapper[1..])
+            .args(["python3", "-c", script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn test server");
+        let mut ready = [0u8; 6];
+        child
+            .stdout
+            .as_mut()
+            .expect("stdout")
+            .read_exact(&mut ready)
+            .expect("server ready");
+        Server(child)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn in_pod(netns: &Path) -> Vec<String> {
+    vec!["nsenter".into(), format!("--net={}", netns.display())]
+}
+
+/// A TCP server inside the pod's network namespace that answers `hello <tag>`.
+fn serve_in_netns(netns: &Path, port: u16, tag: &str) -> Server {
     let script = format!(
         "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0',{port}))\ns.listen(8)\nprint('ready', flush=True)\nwhile True:\n  c,_=s.accept()\n  c.sendall(b'hello {tag}\\n')\n  c.close()\n"
     );
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(["python3", "-c", &script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn server in pod netns");
-    let mut buf = [0u8; 6];
-    child
-        .stdout
-        .as_mut()
-        .expect("stdout")
-        .read_exact(&mut buf)
-        .expect("server ready");
-    child
+    Server::start(&in_pod(netns), &script)
 }
 
 fn fetch(addr: &str) -> Option<String> {
@@ -483,12 +527,11 @@ async fn host_port_reaches_pod_from_loopback_and_node_ip_and_conflicts_cleanly()
         .await
         .expect("run with hostPort");
     let netns = p.netns(&id).await;
-    let mut server = serve_in_netns(&netns, 8080, "from-pod");
+    let server = serve_in_netns(&netns, 8080, "from-pod");
     let via_lo = fetch(&format!("127.0.0.1:{host_port}"));
     let via_gateway = fetch(&format!("{GATEWAY}:{host_port}"));
     let via_node = node_ip().map(|ip| fetch(&format!("{ip}:{host_port}")));
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(via_lo.as_deref(), Some("hello from-pod\n"), "via 127.0.0.1");
     assert_eq!(
         via_gateway.as_deref(),
@@ -626,22 +669,7 @@ async fn bad_sysctls_and_bad_ports_are_invalid_and_leave_the_host_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_pods_get_distinct_ips_and_leave_nothing() {
     let Some(p) = start().await else { return };
-    let mut tasks = Vec::new();
-    for i in 0..50 {
-        let mut rt = p.rt.clone();
-        tasks.push(tokio::spawn(async move {
-            rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod_config(&format!("many-{i}"))),
-                runtime_handler: String::new(),
-            })
-            .await
-            .map(|r| r.into_inner().pod_sandbox_id)
-        }));
-    }
-    let mut ids = Vec::new();
-    for t in tasks {
-        ids.push(t.await.expect("join").expect("run"));
-    }
+    let ids = p.run_concurrently("many", 50).await;
     let mut p = p;
     let mut ips = std::collections::HashSet::new();
     for id in &ids {
@@ -797,10 +825,9 @@ async fn cni_plugins_give_ips_and_clean_up() {
     );
 
     // hostPort through the portmap plugin (portMappings capability).
-    let mut server = serve_in_netns(&ns_a, 8080, "cni-pod");
+    let server = serve_in_netns(&ns_a, 8080, "cni-pod");
     let via_lo = fetch("127.0.0.1:18282");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(
         via_lo.as_deref(),
         Some("hello cni-pod\n"),
@@ -808,22 +835,7 @@ async fn cni_plugins_give_ips_and_clean_up() {
     );
 
     // Concurrency through the plugins: distinct IPs from host-local.
-    let mut tasks = Vec::new();
-    for i in 0..20 {
-        let mut rt = p.rt.clone();
-        tasks.push(tokio::spawn(async move {
-            rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod_config(&format!("cni-many-{i}"))),
-                runtime_handler: String::new(),
-            })
-            .await
-            .map(|r| r.into_inner().pod_sandbox_id)
-        }));
-    }
-    let mut many = Vec::new();
-    for t in tasks {
-        many.push(t.await.expect("join").expect("run via CNI"));
-    }
+    let many = p.run_concurrently("cni-many", 20).await;
     let mut ips = std::collections::HashSet::from([ip_a.clone(), ip_b.clone()]);
     for id in &many {
         assert!(ips.insert(p.ip(id).await), "duplicate CNI IP");
@@ -961,6 +973,15 @@ impl OtherHost {
         me
     }
 
+    fn wrapper(&self) -> Vec<String> {
+        vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            self.name.clone(),
+        ]
+    }
+
     /// Connects from the other host to `addr` and returns what the server said.
     fn fetch(&self, ip: &str, port: u16) -> String {
         let script = format!(
@@ -996,11 +1017,10 @@ async fn host_port_is_reachable_from_another_host() {
         .await
         .expect("run with hostPort");
     let netns = p.netns(&id).await;
-    let mut server = serve_in_netns(&netns, 8080, "to-the-world");
+    let server = serve_in_netns(&netns, 8080, "to-the-world");
     // Arrives on the node's interface from elsewhere: the prerouting DNAT path.
     let got = other.fetch(OtherHost::NODE_SIDE, 18383);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(got, "hello to-the-world\n");
     p.remove(&id).await;
     assert_eq!(p.leftovers(), Vec::<String>::new());
@@ -1012,18 +1032,7 @@ async fn egress_from_a_pod_is_masqueraded_to_the_node_address() {
     let other = OtherHost::create();
     // The other host has no route to the pod subnet: only a masqueraded connection can answer.
     let script = "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0',19090))\ns.listen(1)\nprint('ready', flush=True)\nc,a=s.accept()\nc.sendall(a[0].encode())\nc.close()\n";
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", &other.name, "python3", "-c", script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server on the other host");
-    let mut ready = [0u8; 6];
-    server
-        .stdout
-        .as_mut()
-        .expect("stdout")
-        .read_exact(&mut ready)
-        .expect("server ready");
+    let server = Server::start(&other.wrapper(), script);
     let id = p.run(pod_config("egress")).await.expect("run");
     let netns = p.netns(&id).await;
     let out = Command::new("nsenter")
@@ -1038,8 +1047,7 @@ async fn egress_from_a_pod_is_masqueraded_to_the_node_address() {
         ])
         .output()
         .expect("client in pod");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         OtherHost::NODE_SIDE,
@@ -1063,19 +1071,7 @@ async fn udp_host_port_answers_from_loopback_and_another_host() {
     let id = p.run(config).await.expect("run with a UDP hostPort");
     let netns = p.netns(&id).await;
     let script = "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',5353))\nprint('ready', flush=True)\nwhile True:\n  d,a=s.recvfrom(100)\n  s.sendto(b'pong '+d,a)\n";
-    let mut server = Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(["python3", "-c", script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("UDP server in pod");
-    let mut ready = [0u8; 6];
-    server
-        .stdout
-        .as_mut()
-        .expect("stdout")
-        .read_exact(&mut ready)
-        .expect("server ready");
+    let server = Server::start(&in_pod(&netns), script);
     let client = |ip: &str| {
         format!(
             "import socket;s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);s.settimeout(3);s.sendto(b'ping',('{ip}',18484));print(s.recvfrom(100)[0].decode(),end='')"
@@ -1096,8 +1092,7 @@ async fn udp_host_port_answers_from_loopback_and_another_host() {
         ])
         .output()
         .expect("remote client");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(
         String::from_utf8_lossy(&local.stdout),
         "pong ping",
