@@ -1106,3 +1106,39 @@ async fn udp_host_port_answers_from_loopback_and_another_host() {
     p.remove(&id).await;
     assert_eq!(p.leftovers(), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_reaches_itself_and_another_pod_through_host_ports() {
+    let Some(mut p) = start().await else { return };
+    let a = p
+        .run(with_host_port(pod_config("hairpin-a"), 8080, 18585))
+        .await
+        .expect("run a");
+    let b = p.run(pod_config("hairpin-b")).await.expect("run b");
+    let (ns_a, ns_b) = (p.netns(&a).await, p.netns(&b).await);
+    let server = serve_in_netns(&ns_a, 8080, "hairpin");
+    let client = format!(
+        "import socket;s=socket.create_connection(('{GATEWAY}',18585),3);print(s.recv(100).decode(),end='')"
+    );
+    let mut answers = Vec::new();
+    for ns in [&ns_a, &ns_b] {
+        let out = Command::new("nsenter")
+            .args(in_pod(ns).get(1))
+            .args(["python3", "-c", &client])
+            .output()
+            .expect("client in pod");
+        answers.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    drop(server);
+    assert_eq!(
+        answers[0], "hello hairpin\n",
+        "pod to its own hostPort (hairpin)"
+    );
+    assert_eq!(
+        answers[1], "hello hairpin\n",
+        "pod to another pod's hostPort"
+    );
+    p.remove(&a).await;
+    p.remove(&b).await;
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+}

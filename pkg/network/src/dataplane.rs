@@ -65,10 +65,15 @@ impl Dataplane for LinuxDataplane {
                 tracing::warn!(veth, "replacing leftover veth");
                 nl.delete_link(veth).map_err(nl_err("delete link", veth))?;
                 nl.create_veth(veth, POD_IFNAME, ns.as_raw_fd(), master, mtu)
-                    .map_err(nl_err("create veth", veth))
+                    .map_err(nl_err("create veth", veth))?
             }
-            r => r.map_err(nl_err("create veth", veth)),
+            r => r.map_err(nl_err("create veth", veth))?,
         }
+        // Hairpin: a pod reaching itself through its hostPort (or a Service that picks it)
+        // comes back out of the bridge port it came in on, which bridges refuse by default.
+        // kubelet's "hairpin-veth" mode does the same; one sysfs write, no process.
+        let hairpin = format!("/sys/class/net/{veth}/brport/hairpin_mode");
+        std::fs::write(&hairpin, b"1").map_err(nl_err("set hairpin mode", veth))
     }
 
     fn configure_pod(&self, netns: &Path, addr: Ipv4Net, gw: Ipv4Addr) -> Result<()> {
