@@ -17,6 +17,47 @@ use serde_json::{json, Map, Value};
 use crate::error::{NetworkError, Result};
 use crate::types::{DnsConfig, PortMapping};
 
+/// How long one plugin invocation may take (containerd bounds the whole ADD by the CRI
+/// request's deadline; kubelet's default for RunPodSandbox is 4 minutes).
+const PLUGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Runs `cmd` with `input` on stdin; `None` if it did not finish within `timeout` (it is then
+/// killed). The waiter thread owns the child and drains its pipes; this thread only keeps the
+/// clock, so a plugin that hangs (a stuck IPAM daemon, a dead netns) fails the pod instead of
+/// pinning a RunPodSandbox thread forever.
+fn run_with_timeout(
+    mut cmd: Command,
+    input: &[u8],
+    timeout: std::time::Duration,
+) -> std::io::Result<Option<std::process::Output>> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input)?;
+    }
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r.map(Some),
+        Err(_) => {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = rx.recv();
+            Ok(None)
+        }
+    }
+}
+
 /// A parsed network list (a single-plugin `.conf` is wrapped into a list of one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ConfList {
@@ -290,8 +331,8 @@ impl Executor<'_> {
             .filter(|p| p.exists())
             .map(|p| p.as_os_str().to_owned())
             .unwrap_or_default();
-        let mut child = Command::new(&bin)
-            .env_clear()
+        let mut cmd = Command::new(&bin);
+        cmd.env_clear()
             .env(
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -301,21 +342,11 @@ impl Executor<'_> {
             .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", inv.ifname)
             .env("CNI_ARGS", inv.args)
-            .env("CNI_PATH", cni_path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| fail(format!("spawn {}: {e}", bin.display())))?;
+            .env("CNI_PATH", cni_path);
         let input = serde_json::to_vec(&conf).map_err(|e| fail(e.to_string()))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(&input)
-                .map_err(|e| fail(format!("write stdin: {e}")))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| fail(format!("wait: {e}")))?;
+        let out = run_with_timeout(cmd, &input, PLUGIN_TIMEOUT)
+            .map_err(|e| fail(format!("run {}: {e}", bin.display())))?
+            .ok_or_else(|| fail(format!("timed out after {}s", PLUGIN_TIMEOUT.as_secs())))?;
         if !out.status.success() {
             // Plugins report errors as {"code", "msg", "details"} on stdout.
             let msg = serde_json::from_slice::<Value>(&out.stdout)
@@ -392,6 +423,22 @@ impl Executor<'_> {
 mod tests {
     use super::*;
     use crate::types::Protocol;
+
+    #[test]
+    fn a_hanging_plugin_is_killed_at_the_timeout() {
+        let started = std::time::Instant::now();
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let out = run_with_timeout(cmd, b"{}", std::time::Duration::from_millis(200)).unwrap();
+        assert!(out.is_none());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let mut cmd = Command::new("cat");
+        cmd.arg("-");
+        let out = run_with_timeout(cmd, b"{\"ok\":1}", std::time::Duration::from_secs(5))
+            .unwrap()
+            .expect("finished");
+        assert_eq!(out.stdout, b"{\"ok\":1}");
+    }
 
     #[test]
     fn results_of_all_supported_versions_give_the_pod_ip() {
