@@ -18,13 +18,7 @@ impl ImageApi {
     }
 
     fn to_cri(&self, rec: &ImageRecord) -> v1::Image {
-        let (uid, username) = match self.images.config(rec) {
-            Ok(cfg) => user_of(cfg.config.user.as_deref()),
-            Err(e) => {
-                tracing::warn!(image = %rec.id, error = %e, "image config unreadable");
-                (None, String::new())
-            }
-        };
+        let (uid, username) = user_of(&rec.user);
         v1::Image {
             id: rec.id.to_string(),
             repo_tags: rec.repo_tags.clone(),
@@ -60,8 +54,8 @@ impl ImageApi {
 
 /// The image's default user as CRI wants it: a numeric UID, or else a name. A `user:group` form
 /// contributes only the user part, as containerd does.
-fn user_of(user: Option<&str>) -> (Option<v1::Int64Value>, String) {
-    let user = user.unwrap_or("").split(':').next().unwrap_or("");
+fn user_of(user: &str) -> (Option<v1::Int64Value>, String) {
+    let user = user.split(':').next().unwrap_or("");
     if user.is_empty() {
         return (Some(v1::Int64Value { value: 0 }), String::new());
     }
@@ -215,9 +209,9 @@ mod tests {
 
     #[test]
     fn user_forms_map_to_uid_or_name() {
-        assert_eq!(user_of(Some("1000:100")).0.map(|u| u.value), Some(1000));
-        assert_eq!(user_of(Some("nobody")).1, "nobody");
-        assert_eq!(user_of(None).0.map(|u| u.value), Some(0));
+        assert_eq!(user_of("1000:100").0.map(|u| u.value), Some(1000));
+        assert_eq!(user_of("nobody").1, "nobody");
+        assert_eq!(user_of("").0.map(|u| u.value), Some(0));
     }
 
     #[test]

@@ -195,6 +195,7 @@ impl ImageManager {
             layers: pulled.layers.clone(),
             chain_ids: pulled.chain_ids.clone(),
             size: pulled.size,
+            user: pulled.user.clone(),
             pinned: false,
             pulled_at: unix_nanos(),
         });

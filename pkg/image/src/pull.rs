@@ -35,6 +35,8 @@ pub struct PulledImage {
     pub layers: Vec<Digest>,
     pub chain_ids: Vec<Digest>,
     pub size: u64,
+    /// The image config's default user.
+    pub user: String,
 }
 
 /// Errors are shared between every caller of one deduplicated job, hence the `Arc`.
@@ -289,6 +291,7 @@ impl Puller {
             layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
             chain_ids: chains,
             size,
+            user: config.config.user.clone().unwrap_or_default(),
         })
     }
 

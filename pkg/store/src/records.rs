@@ -18,6 +18,10 @@ pub struct ImageRecord {
     pub chain_ids: Vec<Digest>,
     /// Compressed size of config and layers, as containerd reports image size.
     pub size: u64,
+    /// The config's `User` (`name`, `uid` or `uid:gid`), kept here so ListImages and
+    /// ImageStatus, which kubelet polls, never re-read and re-hash image configs.
+    #[serde(default)]
+    pub user: String,
     #[serde(default)]
     pub pinned: bool,
     /// Unix nanoseconds of the first pull.

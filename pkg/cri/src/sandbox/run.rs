@@ -18,6 +18,7 @@ const HOLDER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Creates the pod. On failure everything acquired so far is released and the name is free.
 pub fn run_pod(mgr: &PodManager, spec: PodSpec) -> Result<String, Status> {
+    // setup() checks these again; checking first keeps a conflict from costing a durable write.
     if !spec.host.network {
         mgr.network
             .validate_port_mappings(&spec.ports)
