@@ -194,7 +194,10 @@ def layer_zstd(tar_bytes):
 
 # ---------------------------------------------------------------- image contents
 APPLETS = ["sh", "ls", "cat", "echo", "sleep", "nc", "httpd", "id", "wget", "true", "false", "mkdir",
-           "rm", "touch", "env", "ps", "grep", "hostname", "mount", "stat", "test", "["]
+           "rm", "touch", "env", "ps", "grep", "hostname", "mount", "stat", "test", "[", "head", "tr",
+           "yes", "dd", "seq", "printf", "kill", "wc", "date", "tail", "pwd", "readlink", "sed",
+           "chmod", "ln", "find", "uname", "whoami", "groups", "stty", "tty", "md5sum", "sha256sum",
+           "usleep", "timeout", "xargs", "cut", "sort", "umask", "df", "du", "ip", "ifconfig"]
 
 
 def busybox_layers(busybox_bin):
@@ -398,6 +401,49 @@ def main():
     sib["repo"] = plain + "/berth/sibling"
     images["sibling"] = sib
     pushes.append((lay.path, "latest", sib["ref"], False, None, None))
+
+    # an application image: a named non-root USER with supplementary groups in /etc/group,
+    # ENTRYPOINT + CMD, image ENV, a WorkingDir missing from the rootfs, a VOLUME and a
+    # STOPSIGNAL — every default a container inherits from its image
+    app = Tar()
+    app.dir("etc")
+    app.file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"
+             "app:x:1000:1000:app user:/home/app:/bin/sh\n"
+             "other:x:1001:1001::/home/other:/bin/sh\n"
+             "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+    app.file("etc/group", "root:x:0:\napp:x:1000:\naudio:x:29:app\nvideo:x:44:other,app\n"
+             "staff:x:50:other\nnogroup:x:65534:\n")
+    app.dir("home")
+    app.dir("home/app")
+    lay = Layout(os.path.join(oci, "entry"))
+    en = lay.image([layer_gz(x) for x in bl] + [layer_gz(app.bytes())],
+                   cmd=["from-cmd"],
+                   env=["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                        "FOO=image", "KEEP=image"],
+                   extra_cfg={"Entrypoint": ["/bin/echo", "entry"], "User": "app",
+                              "WorkingDir": "/work/dir", "Volumes": {"/vol": {}},
+                              "StopSignal": "SIGUSR1"})
+    lay.tag(en, "latest")
+    en["ref"] = plain + "/berth/entry:latest"
+    en["repo"] = plain + "/berth/entry"
+    images["entry"] = en
+    pushes.append((lay.path, "latest", en["ref"], False, None, None))
+
+    # a deep image: 120 layers, so a rootfs mount holds more lower dirs than fit one page of
+    # mount(2) options
+    deep_layers = [layer_gz(bl[0])]
+    for n in range(1, 120):
+        t = Tar()
+        t.dir("layers")
+        t.file("layers/%03d" % n, "%d\n" % n)
+        deep_layers.append(layer_gz(t.bytes()))
+    lay = Layout(os.path.join(oci, "deep"))
+    dp = lay.image(deep_layers)
+    lay.tag(dp, "latest")
+    dp["ref"] = plain + "/berth/deep:latest"
+    dp["repo"] = plain + "/berth/deep"
+    images["deep"] = dp
+    pushes.append((lay.path, "latest", dp["ref"], False, None, None))
 
     # multiarch
     lay = Layout(os.path.join(oci, "multiarch"))

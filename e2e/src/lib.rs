@@ -559,6 +559,11 @@ impl Drop for Daemon {
             );
         }
         self.stop();
+        // Containers outlive berthd by design: end them (shims, runc state, cgroups) before
+        // the dirs go, also when the test failed half-way.
+        if let Some(b) = self.base.as_ref() {
+            kill_containers_under(b.path(), &self.state);
+        }
         // berthd may leave mounts under its dirs (e.g. the shared bind mount of
         // `<state>/ns`); detach them so the temp dir can be removed.
         if let Some(b) = self.base.as_ref() {
@@ -569,6 +574,56 @@ impl Drop for Daemon {
                 eprintln!("keeping {}", b.keep().display());
             }
         }
+    }
+}
+
+/// PIDs of `berth-shim` processes whose command line names a path under `dir`.
+pub fn shims_under(dir: &Path) -> Vec<i32> {
+    let needle = dir.display().to_string();
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_shim = args.first().is_some_and(|a| a.ends_with("berth-shim"));
+        if is_shim && args.iter().any(|a| a.starts_with(&needle)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Kills every container a daemon with this base dir left: `runc delete --force` for each
+/// container in the runtime roots under `<state>/runtime`, then SIGKILL to leftover shims.
+pub fn kill_containers_under(base: &Path, state: &Path) {
+    if let Ok(roots) = std::fs::read_dir(state.join("runtime")) {
+        for root in roots.flatten() {
+            let root = root.path();
+            let Ok(ids) = std::fs::read_dir(&root) else {
+                continue;
+            };
+            for id in ids.flatten() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force"])
+                    .arg(id.file_name())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+    for pid in shims_under(base) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 

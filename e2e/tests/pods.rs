@@ -357,6 +357,7 @@ fn in_subnet(ip: &str) -> bool {
 async fn pod_lifecycle_status_list_and_idempotent_teardown() {
     let Some(mut p) = start().await else { return };
     let mut config = pod_config("life");
+    config.hostname = "life".into();
     config.dns_config = Some(cri::DnsConfig {
         servers: vec!["10.96.0.10".into()],
         searches: vec!["e2e.svc.cluster.local".into(), "svc.cluster.local".into()],

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,6 +23,88 @@ pub struct Config {
     pub cgroup_parent: String,
     /// The `berth-shim` binary; default: next to berthd, else from PATH.
     pub shim_path: Option<PathBuf>,
+    /// OCI runtimes (RuntimeClass handlers).
+    pub runtime: RuntimeConfig,
+}
+
+/// `[runtime]`: which runc-compatible binaries run containers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// The handler for pods that name none (an empty RuntimeClass handler).
+    pub default_handler: String,
+    /// Handler name (the RuntimeClass `handler`) → binary and state dir. Replaces the default
+    /// `runc` entry when given.
+    pub handlers: BTreeMap<String, HandlerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// The runtime binary: a path, or a name looked up in PATH.
+    pub path: PathBuf,
+    /// Its `--root` state directory; default `<state>/runtime/<handler name>`.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            default_handler: "runc".to_string(),
+            handlers: BTreeMap::from([(
+                "runc".to_string(),
+                HandlerConfig {
+                    path: PathBuf::from("runc"),
+                    root: None,
+                },
+            )]),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The handlers with every path made absolute, checked against `default_handler`.
+    pub fn handlers(&self, state: &Path) -> anyhow::Result<Vec<berth_runtime::runc::Handler>> {
+        if !self.handlers.contains_key(&self.default_handler) {
+            anyhow::bail!(
+                "runtime.default_handler {:?} is not one of runtime.handlers ({:?})",
+                self.default_handler,
+                self.handlers.keys().collect::<Vec<_>>()
+            );
+        }
+        self.handlers
+            .iter()
+            .map(|(name, h)| {
+                if name.is_empty() || name.contains(['/', '\0']) {
+                    anyhow::bail!("runtime.handlers: {name:?} is not a valid handler name");
+                }
+                Ok(berth_runtime::runc::Handler {
+                    name: name.clone(),
+                    path: find_in_path(&h.path),
+                    root: h
+                        .root
+                        .clone()
+                        .unwrap_or_else(|| state.join("runtime").join(name)),
+                })
+            })
+            .collect()
+    }
+}
+
+/// `runc` → `/usr/sbin/runc` when PATH has it; paths and missing binaries stay as given (Status
+/// then reports the runtime as not ready).
+fn find_in_path(bin: &Path) -> PathBuf {
+    if bin.components().count() > 1 {
+        return bin.to_path_buf();
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join(bin))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| bin.to_path_buf())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +131,7 @@ impl Default for Config {
             network: berth_network::NetworkConfig::default(),
             cgroup_parent: "/berth".to_string(),
             shim_path: None,
+            runtime: RuntimeConfig::default(),
         }
     }
 }
@@ -101,6 +185,24 @@ mod tests {
         let c: Config = toml::from_str("[registry]\nconfig_path = \"/x\"\n").unwrap();
         assert_eq!(c.registry.config_path, PathBuf::from("/x"));
         assert_eq!(c.registry.progress_timeout_secs, 30);
+    }
+
+    #[test]
+    fn runtime_handlers_default_to_runc_and_can_be_replaced() {
+        let c: Config = toml::from_str("").unwrap();
+        let h = c.runtime.handlers(Path::new("/run/berth")).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].name, "runc");
+        assert_eq!(h[0].root, PathBuf::from("/run/berth/runtime/runc"));
+        let c: Config = toml::from_str(
+            "[runtime]\ndefault_handler = \"fast\"\n[runtime.handlers.fast]\npath = \"/opt/fast/runc\"\nroot = \"/run/fast\"\n",
+        )
+        .unwrap();
+        let h = c.runtime.handlers(Path::new("/run/berth")).unwrap();
+        assert_eq!(h[0].path, PathBuf::from("/opt/fast/runc"));
+        assert_eq!(h[0].root, PathBuf::from("/run/fast"));
+        let c: Config = toml::from_str("[runtime]\ndefault_handler = \"kata\"\n").unwrap();
+        assert!(c.runtime.handlers(Path::new("/run")).is_err());
     }
 
     #[test]

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use berth_cri::{ImageApi, PodManager, PodManagerConfig, PullProgressApi, RuntimeApi, RuntimeInfo};
+use berth_cri::{
+    ContainerManager, ContainerManagerConfig, ImageApi, PodManager, PodManagerConfig,
+    PullProgressApi, RuntimeApi, RuntimeInfo,
+};
 use berth_image::ImageManager;
 use berth_store::Store;
 use clap::Parser;
@@ -83,7 +86,21 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     )
     .context("opening the image store")?;
 
-    let pods = open_pods(&cfg, store)?;
+    let handlers = cfg.runtime.handlers(&cfg.state)?;
+    let pods = open_pods(&cfg, store.clone(), &handlers)?;
+    let containers = ContainerManager::open(
+        store,
+        pods.clone(),
+        images.clone(),
+        ContainerManagerConfig {
+            root: cfg.root.clone(),
+            state: cfg.state.clone(),
+            shim_bin: shim_path(&cfg),
+            handlers,
+            default_handler: cfg.runtime.default_handler.clone(),
+        },
+    )
+    .map_err(|s| anyhow::anyhow!("recovering containers: {}", s.message()))?;
     let runtime = RuntimeApi::new(
         RuntimeInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -91,6 +108,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             state: cfg.state.display().to_string(),
         },
         pods,
+        containers,
     );
     tracing::info!(socket = %cfg.listen.display(), root = %cfg.root.display(), "berthd serving CRI v1");
 
@@ -121,7 +139,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 /// Networking and pod records: the network is initialised first so recovery can release what
 /// dead pods held. A network that cannot be set up leaves the daemon serving with NetworkReady
 /// false rather than not serving at all.
-fn open_pods(cfg: &Config, store: Store) -> anyhow::Result<Arc<PodManager>> {
+fn open_pods(
+    cfg: &Config,
+    store: Store,
+    handlers: &[berth_runtime::runc::Handler],
+) -> anyhow::Result<Arc<PodManager>> {
     let mut net_cfg = cfg.network.clone();
     if net_cfg.state_dir == berth_network::NetworkConfig::default().state_dir {
         net_cfg.state_dir = cfg.root.clone();
@@ -138,6 +160,7 @@ fn open_pods(cfg: &Config, store: Store) -> anyhow::Result<Arc<PodManager>> {
         store,
         Arc::new(network),
         PodManagerConfig {
+            handlers: handlers.iter().map(|h| h.name.clone()).collect(),
             state_dir: cfg.state.clone(),
             shim_bin: shim_path(cfg),
             cgroup_root: cfg.cgroup_parent.clone(),

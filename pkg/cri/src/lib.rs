@@ -3,12 +3,15 @@
 //! One module per concern; every RPC goes through [`edge::instrument`], the single place that
 //! logs, opens a span and maps domain error kinds to gRPC codes.
 
+mod container;
 mod edge;
 mod image;
 mod progress;
 mod runtime;
 mod sandbox;
+mod task;
 
+pub use container::{ContainerManager, ContainerManagerConfig};
 pub use edge::to_status;
 pub use image::ImageApi;
 pub use progress::PullProgressApi;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use k8s_cri::v1;
 use tonic::{Request, Response, Status};
 
+use crate::container::ContainerManager;
 use crate::edge::{instrument, Verbosity};
 use crate::sandbox::PodManager;
 
@@ -19,11 +20,23 @@ pub struct RuntimeInfo {
 pub struct RuntimeApi {
     info: RuntimeInfo,
     pub(crate) pods: Arc<PodManager>,
+    pub(crate) containers: Arc<ContainerManager>,
+    /// The node's pod CIDR as kubelet last reported it (UpdateRuntimeConfig).
+    pub(crate) pod_cidr: std::sync::Mutex<String>,
 }
 
 impl RuntimeApi {
-    pub fn new(info: RuntimeInfo, pods: Arc<PodManager>) -> Self {
-        Self { info, pods }
+    pub fn new(
+        info: RuntimeInfo,
+        pods: Arc<PodManager>,
+        containers: Arc<ContainerManager>,
+    ) -> Self {
+        Self {
+            info,
+            pods,
+            containers,
+            pod_cidr: Default::default(),
+        }
     }
 
     fn version(&self) -> v1::VersionResponse {
@@ -37,17 +50,33 @@ impl RuntimeApi {
     }
 
     fn status(&self, verbose: bool) -> v1::StatusResponse {
-        // Truthful: sandboxes run, containers do not exist yet.
         let (net_ok, net_reason, net_message) = match self.pods.network().status() {
             Ok(()) => (true, String::new(), String::new()),
             Err(why) => (false, "NetworkPluginNotReady".to_string(), why),
         };
+        let (rt_ok, rt_reason, rt_message) = match self.containers.handler("") {
+            Ok(h) if h.path.is_file() => (true, String::new(), String::new()),
+            Ok(h) => (
+                false,
+                "RuntimeNotFound".to_string(),
+                format!(
+                    "OCI runtime {} of handler {:?} is not installed",
+                    h.path.display(),
+                    h.name
+                ),
+            ),
+            Err(e) => (
+                false,
+                "RuntimeNotConfigured".to_string(),
+                e.message().to_string(),
+            ),
+        };
         let conditions = vec![
             v1::RuntimeCondition {
                 r#type: "RuntimeReady".to_string(),
-                status: false,
-                reason: "ContainersNotBuilt".to_string(),
-                message: "pod sandboxes and images are served; container RPCs are not implemented in this build".to_string(),
+                status: rt_ok,
+                reason: rt_reason,
+                message: rt_message,
             },
             v1::RuntimeCondition {
                 r#type: "NetworkReady".to_string(),
@@ -64,15 +93,34 @@ impl RuntimeApi {
                     "root": self.info.root,
                     "state": self.info.state,
                     "version": self.info.version,
+                    "defaultRuntimeHandler": self.containers.default_handler(),
+                    "runtimeHandlers": self.containers.handlers(),
+                    "podCIDR": *crate::sandbox::lock(&self.pod_cidr),
                 })
                 .to_string(),
             );
         }
+        // The empty name stands for the default handler, as the CRI asks.
+        let features = || {
+            Some(v1::RuntimeHandlerFeatures {
+                recursive_read_only_mounts: false,
+                user_namespaces: false,
+            })
+        };
+        let runtime_handlers = std::iter::once(String::new())
+            .chain(self.containers.handlers().iter().map(|h| h.name.clone()))
+            .map(|name| v1::RuntimeHandler {
+                name,
+                features: features(),
+            })
+            .collect();
         v1::StatusResponse {
             status: Some(v1::RuntimeStatus { conditions }),
             info,
-            runtime_handlers: Vec::new(),
-            features: None,
+            runtime_handlers,
+            features: Some(v1::RuntimeFeatures {
+                supplemental_groups_policy: true,
+            }),
         }
     }
 }
@@ -144,19 +192,19 @@ runtime_service! {
     remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse = "RemovePodSandbox", Mutation;
     pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse = "PodSandboxStatus", Poll;
     list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse = "ListPodSandbox", Poll;
+    create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer", Mutation;
+    start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer", Mutation;
+    stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer", Mutation;
+    remove_container(RemoveContainerRequest) -> RemoveContainerResponse = "RemoveContainer", Mutation;
+    list_containers(ListContainersRequest) -> ListContainersResponse = "ListContainers", Poll;
+    container_status(ContainerStatusRequest) -> ContainerStatusResponse = "ContainerStatus", Poll;
+    reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog", Mutation;
+    exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync", Poll;
     runtime_config(RuntimeConfigRequest) -> RuntimeConfigResponse = "RuntimeConfig", Poll;
     update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig", Mutation;
     }
     not_built {
-    create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
-    start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";
-    stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer";
-    remove_container(RemoveContainerRequest) -> RemoveContainerResponse = "RemoveContainer";
-    list_containers(ListContainersRequest) -> ListContainersResponse = "ListContainers";
-    container_status(ContainerStatusRequest) -> ContainerStatusResponse = "ContainerStatus";
     update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
-    reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog";
-    exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync";
     exec(ExecRequest) -> ExecResponse = "Exec";
     attach(AttachRequest) -> AttachResponse = "Attach";
     port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";

@@ -223,6 +223,18 @@ pub fn cgroup_procs(path: &str) -> Result<Vec<u64>> {
     Ok(load(&path).procs().into_iter().map(|p| p.pid).collect())
 }
 
+/// The file of cgroup `path` whose `oom_kill <n>` line counts OOM kills in it: `memory.events`
+/// on a cgroup v2 host, the v1 memory controller's `memory.oom_control` otherwise (a hybrid host
+/// runs the memory controller on v1).
+pub fn oom_events_file(path: &str) -> Option<PathBuf> {
+    let rel = relative(path);
+    if hierarchies::is_cgroup2_unified_mode() {
+        return Some(Path::new("/sys/fs/cgroup").join(rel).join("memory.events"));
+    }
+    let v1 = Path::new("/sys/fs/cgroup/memory");
+    v1.is_dir().then(|| v1.join(rel).join("memory.oom_control"))
+}
+
 /// Pod cgroups as a trait, so the CRI layer can hold an `Arc<dyn CgroupManager>` and test its
 /// rollback paths with [`RecordingCgroups`].
 pub trait CgroupManager: Send + Sync {

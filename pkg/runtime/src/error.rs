@@ -33,6 +33,19 @@ pub enum Error {
     /// The holder did not exit after SIGKILL.
     #[error("pid namespace holder {pid} did not exit")]
     HolderStuck { pid: i32 },
+    /// The OCI runtime binary refused an operation; `message` is its own error.
+    #[error("{op} container {id}: {message}")]
+    Runtime {
+        op: &'static str,
+        id: String,
+        message: String,
+    },
+    /// The container's shim failed, refused a request or is gone.
+    #[error("shim of container {id}: {message}")]
+    Shim { id: String, message: String },
+    /// The container's shim is not running (it exited with its container, or died).
+    #[error("shim of container {id} is gone")]
+    ShimGone { id: String },
     #[error(transparent)]
     Sys(#[from] berth_sys::Error),
 }
@@ -70,6 +83,8 @@ impl HasKind for Error {
                 io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
                 _ => ErrorKind::Internal,
             },
+            Error::Runtime { .. } | Error::Shim { .. } => ErrorKind::Internal,
+            Error::ShimGone { .. } => ErrorKind::FailedPrecondition,
             Error::Sys(e) => e.kind(),
         }
     }

@@ -4,6 +4,14 @@
 pub mod cgroup;
 mod error;
 pub mod holder;
+pub mod node;
 pub mod podfiles;
+pub mod rootfs;
+pub mod runc;
+mod seccomp;
+pub mod shim;
+pub mod shm;
+pub mod spec;
+pub mod user;
 
 pub use error::{Error, Result};

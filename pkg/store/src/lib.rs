@@ -116,6 +116,24 @@ impl Store {
         atomic_write(&path, &data).map_err(|source| StoreError::Io { path, source })
     }
 
+    /// Like [`Store::put`] but without waiting for the disk: for updates the daemon can
+    /// re-derive after a crash (a container's state after creation comes from its shim and exit
+    /// file). Readers still see the old record or the new one, never a mix.
+    pub fn put_volatile<T: Serialize>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let path = self.path(bucket, key)?;
+        let data = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        berth_core::replace_file_volatile(&path, &data)
+            .map_err(|source| StoreError::Io { path, source })
+    }
+
     pub fn get<T: DeserializeOwned>(
         &self,
         bucket: Bucket,

@@ -5,5 +5,6 @@
 mod error;
 pub mod mount;
 pub mod ns;
+pub mod root;
 
 pub use error::{Error, Result};

@@ -40,9 +40,13 @@ pub struct PodManager {
     /// name key: the caller's retry is answered with this pod instead of ALREADY_EXISTS, as
     /// CRI-O's resource store does.
     pub(crate) unclaimed: Mutex<HashMap<String, String>>,
+    /// Runtime handler names a pod may ask for.
+    pub(crate) handlers: Vec<String>,
 }
 
 pub struct PodManagerConfig {
+    /// The configured runtime handler names (RuntimeClass handlers).
+    pub handlers: Vec<String>,
     pub state_dir: PathBuf,
     pub shim_bin: PathBuf,
     /// cgroup parent used when the request names none.
@@ -68,6 +72,7 @@ impl PodManager {
             names: Mutex::default(),
             pod_locks: Mutex::default(),
             unclaimed: Mutex::default(),
+            handlers: cfg.handlers,
         };
         let records = mgr
             .store
@@ -184,7 +189,11 @@ impl PodManager {
         let _held = lock(&guard);
         // Re-read under the lock: a concurrent stop may have finished already.
         rec = self.get(&rec.id)?;
-        if rec.state == PodState::NotReady && rec.network.is_none() && rec.pinned.is_none() {
+        if rec.state == PodState::NotReady
+            && rec.network.is_none()
+            && rec.pinned.is_none()
+            && rec.shm.is_none()
+        {
             return Ok(());
         }
         let clean = run::stop_pod(self, &mut rec);

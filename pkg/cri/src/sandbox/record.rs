@@ -74,6 +74,10 @@ pub struct PodRecord {
     pub files: Option<PodFiles>,
     pub holder: Option<Holder>,
     pub sysctls: Vec<(String, String)>,
+    /// The pod's own `/dev/shm` tmpfs (pods with an IPC namespace of their own), bind-mounted
+    /// into each of its containers.
+    #[serde(default)]
+    pub shm: Option<PathBuf>,
 }
 
 impl PodRecord {

@@ -1,41 +1,11 @@
 //! The sandbox RPCs: request checks on the async side, kernel work on a blocking thread.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
 use k8s_cri::v1;
 use tonic::Status;
 
-use super::{run, validate, PodManager, PodRecord};
+use super::{run, validate, PodRecord};
 use crate::runtime::RuntimeApi;
-
-/// Runs kernel-facing work off the async workers. The work finishes even if the client hangs
-/// up: a half-done RunPodSandbox must reach its own rollback, not be cut off mid-way.
-async fn blocking<T: Send + 'static>(
-    pods: &Arc<PodManager>,
-    f: impl FnOnce(&PodManager) -> Result<T, Status> + Send + 'static,
-) -> Result<T, Status> {
-    let pods = pods.clone();
-    tokio::task::spawn_blocking(move || f(&pods))
-        .await
-        .map_err(|e| Status::internal(format!("pod operation panicked: {e}")))?
-}
-
-/// True while the RPC's caller still waits; dropping it (the handler future was cancelled)
-/// flips it to false.
-struct CallerPresent(Arc<AtomicBool>);
-
-impl Default for CallerPresent {
-    fn default() -> Self {
-        Self(Arc::new(AtomicBool::new(true)))
-    }
-}
-
-impl Drop for CallerPresent {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
-    }
-}
+use crate::task::{blocking, CallerPresent};
 
 fn matches_filter(p: &PodRecord, f: &v1::PodSandboxFilter) -> bool {
     if !f.id.is_empty() && !p.id.starts_with(&f.id) {
@@ -56,14 +26,14 @@ impl RuntimeApi {
         &self,
         req: v1::RunPodSandboxRequest,
     ) -> Result<v1::RunPodSandboxResponse, Status> {
-        let spec = validate::pod_spec(req)?;
+        let spec = validate::pod_spec(req, &self.pods.handlers)?;
         let key = spec.meta.reservation_key();
         // Cleared if tonic drops this future (the client gave up) before the pod is handed over.
         let caller = CallerPresent::default();
-        let present = caller.0.clone();
+        let present = caller.flag();
         let pod_sandbox_id = blocking(&self.pods, move |m| {
             let id = run::run_pod(m, spec)?;
-            if !present.load(Ordering::SeqCst) {
+            if !present.still_waiting() {
                 super::lock(&m.unclaimed).insert(key, id.clone());
             }
             Ok(id)
@@ -78,7 +48,16 @@ impl RuntimeApi {
         &self,
         req: v1::StopPodSandboxRequest,
     ) -> Result<v1::StopPodSandboxResponse, Status> {
-        blocking(&self.pods, move |m| m.stop(&req.pod_sandbox_id)).await?;
+        let id = req.pod_sandbox_id;
+        if let Ok(pod) = self.pods.get(&id) {
+            // The pod's processes go first: StopPodSandbox means none of them runs any more.
+            let pod_id = pod.id.clone();
+            blocking(&self.containers, move |c| {
+                crate::container::stop_all_in_pod(c, &pod_id)
+            })
+            .await?;
+        }
+        blocking(&self.pods, move |m| m.stop(&id)).await?;
         Ok(v1::StopPodSandboxResponse {})
     }
 
@@ -86,7 +65,15 @@ impl RuntimeApi {
         &self,
         req: v1::RemovePodSandboxRequest,
     ) -> Result<v1::RemovePodSandboxResponse, Status> {
-        blocking(&self.pods, move |m| m.remove(&req.pod_sandbox_id)).await?;
+        let id = req.pod_sandbox_id;
+        if let Ok(pod) = self.pods.get(&id) {
+            let pod_id = pod.id.clone();
+            blocking(&self.containers, move |c| {
+                crate::container::remove_all_in_pod(c, &pod_id)
+            })
+            .await?;
+        }
+        blocking(&self.pods, move |m| m.remove(&id)).await?;
         Ok(v1::RemovePodSandboxResponse {})
     }
 
@@ -157,13 +144,14 @@ impl RuntimeApi {
         req: v1::UpdateRuntimeConfigRequest,
     ) -> Result<v1::UpdateRuntimeConfigResponse, Status> {
         // kubelet sends the node's pod CIDR here; berth's IPAM subnet comes from its own config,
-        // so the value is only logged.
+        // so the value is recorded (Status verbose shows it) but does not move the subnet.
         if let Some(cidr) = req
             .runtime_config
             .and_then(|c| c.network_config)
             .map(|n| n.pod_cidr)
         {
             tracing::info!(pod_cidr = %cidr, "kubelet reported the pod CIDR");
+            *crate::sandbox::lock(&self.pod_cidr) = cidr;
         }
         Ok(v1::UpdateRuntimeConfigResponse {})
     }

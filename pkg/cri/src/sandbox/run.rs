@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use berth_network::PodNetworkRequest;
-use berth_runtime::{cgroup, holder, podfiles};
+use berth_runtime::{cgroup, holder, podfiles, shm};
 use berth_sys::ns::{self, NsKind};
 use k8s_cri::v1;
 use tonic::Status;
@@ -13,6 +13,7 @@ use super::record::{PodRecord, PodState};
 use super::validate::PodSpec;
 use super::{lock, PodManager};
 use crate::edge::to_status;
+use crate::task::{new_id, unix_nanos};
 
 const HOLDER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -59,6 +60,7 @@ pub fn run_pod(mgr: &PodManager, spec: PodSpec) -> Result<String, Status> {
         files: None,
         holder: None,
         sysctls: spec.sysctls.clone(),
+        shm: None,
     };
     // The Creating record names everything the steps below may create (all paths derive from
     // the ID), so it is the only write before Ready: a crash midway is undone from it at the next
@@ -154,6 +156,12 @@ fn acquire(mgr: &PodManager, spec: &PodSpec, rec: &mut PodRecord) -> Result<(), 
         .map_err(to_status)?,
     );
 
+    if !spec.host.ipc {
+        let dir = rec.files_dir.join("shm");
+        shm::mount_pod_shm(&dir, shm::DEFAULT_SHM_BYTES).map_err(to_status)?;
+        rec.shm = Some(dir);
+    }
+
     if spec.shared_pid && !spec.host.pid {
         rec.holder = Some(
             holder::spawn_holder(mgr.shim_bin(), &rec.ns_dir, &pinned, rec.cgroup.as_deref())
@@ -200,6 +208,12 @@ pub fn stop_pod(mgr: &PodManager, rec: &mut PodRecord) -> Result<(), Status> {
             Err(e) => errors.push(("network", to_status(e))),
         }
     }
+    if let Some(dir) = rec.shm.clone() {
+        match shm::unmount_pod_shm(&dir) {
+            Ok(()) => rec.shm = None,
+            Err(e) => errors.push(("shm", to_status(e))),
+        }
+    }
     if rec.pinned.is_some() {
         match ns::unpin(&rec.ns_dir) {
             Ok(()) => rec.pinned = None,
@@ -224,6 +238,9 @@ pub fn remove_leftovers(_mgr: &PodManager, rec: &mut PodRecord) -> Result<(), St
         cgroup::remove_pod_cgroup(&cg).map_err(to_status)?;
         rec.cgroup = None;
     }
+    // By path, not by `rec.shm`: a crash between the mount and the record leaves it unnamed.
+    shm::unmount_pod_shm(&rec.files_dir.join("shm")).map_err(to_status)?;
+    rec.shm = None;
     match std::fs::remove_dir_all(&rec.files_dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -279,20 +296,4 @@ pub fn cri_network_status(rec: &PodRecord) -> Option<v1::PodSandboxNetworkStatus
         ip: n.ip.to_string(),
         additional_ips: Vec::new(),
     })
-}
-
-fn new_id() -> String {
-    let mut buf = [0u8; 32];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut buf);
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unix_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }

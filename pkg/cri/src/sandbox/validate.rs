@@ -25,10 +25,8 @@ pub struct PodSpec {
     pub cgroup_parent: String,
 }
 
-/// The runtime handlers berth knows; an empty handler means the default one.
-const HANDLERS: &[&str] = &["", "runc"];
-
-pub fn pod_spec(req: v1::RunPodSandboxRequest) -> Result<PodSpec, Status> {
+/// `handlers`: the configured runtime handler names; an empty handler means the default one.
+pub fn pod_spec(req: v1::RunPodSandboxRequest, handlers: &[String]) -> Result<PodSpec, Status> {
     let config = req.config.ok_or_else(|| invalid("config", "must be set"))?;
     let md = config
         .metadata
@@ -45,7 +43,7 @@ pub fn pod_spec(req: v1::RunPodSandboxRequest) -> Result<PodSpec, Status> {
             return Err(invalid(field, format!("{value:?} is not a valid name")));
         }
     }
-    if !HANDLERS.contains(&req.runtime_handler.as_str()) {
+    if !req.runtime_handler.is_empty() && !handlers.contains(&req.runtime_handler) {
         return Err(invalid(
             "runtime_handler",
             format!("unknown runtime handler {:?}", req.runtime_handler),
@@ -72,8 +70,10 @@ pub fn pod_spec(req: v1::RunPodSandboxRequest) -> Result<PodSpec, Status> {
     }
     let shared_pid = ns.pid == v1::NamespaceMode::Pod as i32;
 
+    // An empty hostname means the node's own, as containerd and CRI-O do: clients that leave
+    // it empty (test suites, crictl configs) often use pod names longer than a hostname may be.
     let hostname = if config.hostname.is_empty() {
-        md.name.clone()
+        node_hostname()?
     } else {
         config.hostname.clone()
     };
@@ -121,6 +121,13 @@ pub fn pod_spec(req: v1::RunPodSandboxRequest) -> Result<PodSpec, Status> {
     })
 }
 
+fn node_hostname() -> Result<String, Status> {
+    nix::unistd::gethostname()
+        .map_err(|e| Status::internal(format!("reading the node's hostname: {e}")))?
+        .into_string()
+        .map_err(|h| Status::internal(format!("the node's hostname {h:?} is not UTF-8")))
+}
+
 fn port_mapping(i: usize, p: &v1::PortMapping) -> Result<PortMapping, Status> {
     let field = |f: &str| format!("config.port_mappings[{i}].{f}");
     let port = |f: &str, v: i32| {
@@ -144,6 +151,10 @@ fn port_mapping(i: usize, p: &v1::PortMapping) -> Result<PortMapping, Status> {
 mod tests {
     use super::*;
 
+    fn pod_spec_with(req: v1::RunPodSandboxRequest) -> Result<PodSpec, Status> {
+        pod_spec(req, &["runc".to_string()])
+    }
+
     fn request(edit: impl FnOnce(&mut v1::PodSandboxConfig)) -> v1::RunPodSandboxRequest {
         let mut config = v1::PodSandboxConfig {
             metadata: Some(v1::PodSandboxMetadata {
@@ -162,15 +173,35 @@ mod tests {
     }
 
     #[test]
-    fn minimal_pod_is_valid_and_hostname_defaults_to_name() {
-        let spec = pod_spec(request(|_| {})).unwrap();
-        assert_eq!(spec.hostname, "web");
+    fn minimal_pod_is_valid_and_hostname_defaults_to_the_nodes() {
+        let spec = pod_spec_with(request(|_| {})).unwrap();
+        let node = nix::unistd::gethostname().unwrap().into_string().unwrap();
+        assert_eq!(spec.hostname, node);
         assert_eq!(spec.meta.reservation_key(), "web_default_u1_0");
     }
 
     #[test]
+    fn long_pod_name_without_hostname_is_accepted() {
+        let long = "a".repeat(200);
+        let spec = pod_spec_with(request(|c| {
+            c.metadata.as_mut().unwrap().name = long.clone();
+        }))
+        .unwrap();
+        assert_eq!(spec.meta.name, long);
+        assert!(spec.hostname.len() <= 64);
+    }
+
+    #[test]
+    fn explicit_hostname_over_64_bytes_is_refused() {
+        let err = pod_spec_with(request(|c| c.hostname = "h".repeat(65)))
+            .err()
+            .unwrap();
+        assert!(err.message().contains("config.hostname"));
+    }
+
+    #[test]
     fn missing_metadata_name_is_refused_naming_the_field() {
-        let err = pod_spec(request(|c| {
+        let err = pod_spec_with(request(|c| {
             c.metadata.as_mut().unwrap().name.clear();
         }))
         .err()
@@ -188,7 +219,7 @@ mod tests {
             (80, 8080, 9, ""),
             (80, 8080, 0, "not-an-ip"),
         ] {
-            let err = pod_spec(request(|c| {
+            let err = pod_spec_with(request(|c| {
                 c.port_mappings.push(v1::PortMapping {
                     protocol: proto,
                     container_port: cp,
@@ -209,7 +240,7 @@ mod tests {
 
     #[test]
     fn ports_without_host_port_are_not_mapped() {
-        let spec = pod_spec(request(|c| {
+        let spec = pod_spec_with(request(|c| {
             c.port_mappings.push(v1::PortMapping {
                 protocol: 0,
                 container_port: 80,
@@ -225,7 +256,7 @@ mod tests {
     fn unknown_runtime_handler_is_refused() {
         let mut req = request(|_| {});
         req.runtime_handler = "kata".into();
-        let err = pod_spec(req).err().unwrap();
+        let err = pod_spec_with(req).err().unwrap();
         assert!(err.message().contains("runtime_handler"));
     }
 }

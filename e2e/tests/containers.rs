@@ -1,0 +1,1480 @@
+//! CRI container end-to-end tests: real overlay rootfs, real runc under berth-shim, real
+//! namespaces and cgroups, against a real berthd, with images from the local registry
+//! (`hack/build-images.sh`). Each daemon gets its own bridge, subnet and nftables table, and the
+//! guards remove containers, shims and network objects even when a test fails.
+//! Run: `hack/test.sh` or `cargo test -p berth-e2e --test containers -- --test-threads=1`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
+use berth_e2e::cri::{self, ContainerConfig, PodSandboxConfig};
+use berth_e2e::*;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const BRIDGE: &str = "be2ec0";
+const TABLE: &str = "berth_e2ec";
+const SUBNET: &str = "10.232.0.0/16";
+
+/// Removes the test bridge and nftables table, also on panic.
+struct NetGuard;
+
+impl Drop for NetGuard {
+    fn drop(&mut self) {
+        for args in [
+            &["ip", "link", "del", BRIDGE][..],
+            &["nft", "delete", "table", "ip", TABLE],
+        ] {
+            let _ = Command::new(args[0])
+                .args(&args[1..])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Tests share the bridge and table names, so they take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn opts(extra: &str) -> DaemonOpts {
+    DaemonOpts {
+        extra_config: format!(
+            "\n{extra}\n[network]\nbridge = \"{BRIDGE}\"\nsubnet = \"{SUBNET}\"\nnft_table = \"{TABLE}\"\ncni_conf_dir = \"/nonexistent/berth-e2e-cni\"\n"
+        ),
+        log_level: "info,h2=warn".into(),
+        ..Default::default()
+    }
+}
+
+struct Env {
+    d: Daemon,
+    rt: RuntimeServiceClient<Channel>,
+    img: Images,
+    logs: tempfile::TempDir,
+    _net: NetGuard,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+async fn start() -> Option<Env> {
+    start_with("").await
+}
+
+async fn start_with(extra_config: &str) -> Option<Env> {
+    let img = prerequisites()?;
+    let serial = SERIAL.lock().await;
+    let net = NetGuard;
+    let d = Daemon::start(opts(extra_config)).await.expect("berthd");
+    let rt = d.runtime().await.expect("runtime client");
+    let logs = tempfile::Builder::new()
+        .prefix("berth-e2e-logs-")
+        .tempdir_in("/var/tmp")
+        .expect("log dir");
+    Some(Env {
+        d,
+        rt,
+        img,
+        logs,
+        _net: net,
+        _serial: serial,
+    })
+}
+
+fn pod_config(name: &str, log_dir: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: name.chars().take(60).collect(),
+        log_directory: log_dir.join(name).display().to_string(),
+        labels: HashMap::from([("pod".to_string(), name.to_string())]),
+        ..Default::default()
+    }
+}
+
+fn container(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(spec(image)),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        annotations: HashMap::from([("note".to_string(), format!("about {name}"))]),
+        ..Default::default()
+    }
+}
+
+fn sh(name: &str, image: &str, script: &str) -> ContainerConfig {
+    container(name, image, &["sh", "-c", script])
+}
+
+fn with_security(
+    mut c: ContainerConfig,
+    edit: impl FnOnce(&mut cri::LinuxContainerSecurityContext),
+) -> ContainerConfig {
+    let linux = c.linux.get_or_insert_with(Default::default);
+    edit(linux.security_context.get_or_insert_with(Default::default));
+    c
+}
+
+/// One CRI log line, parsed.
+#[derive(Debug, Clone, PartialEq)]
+struct LogLine {
+    ts: String,
+    stream: String,
+    tag: String,
+    text: String,
+}
+
+fn parse_log(text: &str) -> Vec<LogLine> {
+    text.lines()
+        .map(|l| {
+            let mut parts = l.splitn(4, ' ');
+            let ts = parts.next().unwrap_or_default().to_string();
+            let stream = parts.next().unwrap_or_default().to_string();
+            let tag = parts.next().unwrap_or_default().to_string();
+            let text = parts.next().unwrap_or_default().to_string();
+            LogLine {
+                ts,
+                stream,
+                tag,
+                text,
+            }
+        })
+        .collect()
+}
+
+/// Full lines per stream, with `P` pieces joined.
+fn joined(lines: &[LogLine], stream: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for l in lines.iter().filter(|l| l.stream == stream) {
+        cur.push_str(&l.text);
+        if l.tag == "F" {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    out
+}
+
+fn valid_timestamp(ts: &str) -> bool {
+    // 2026-12-01T08:41:52.123456789Z
+    let b = ts.as_bytes();
+    b.len() == 30
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && b[19] == b'.'
+        && b[29] == b'Z'
+        && b[20..29].iter().all(u8::is_ascii_digit)
+}
+
+impl Env {
+    async fn pull(&self, image: &str) -> String {
+        self.d.pull_ok(image).await
+    }
+
+    async fn run_pod(&mut self, config: PodSandboxConfig) -> String {
+        self.run_pod_with(config, "").await
+    }
+
+    async fn run_pod_with(&mut self, config: PodSandboxConfig, handler: &str) -> String {
+        self.rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("RunPodSandbox: {s:?}\n{}", self.d.log_tail(40)))
+            .into_inner()
+            .pod_sandbox_id
+    }
+
+    async fn pod(&mut self, name: &str) -> (String, PodSandboxConfig) {
+        let config = pod_config(name, self.logs.path());
+        let id = self.run_pod(config.clone()).await;
+        (id, config)
+    }
+
+    async fn create(
+        &mut self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        self.rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(config),
+                sandbox_config: Some(pod_config.clone()),
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    async fn create_ok(
+        &mut self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> String {
+        match self.create(pod, pod_config, config).await {
+            Ok(id) => id,
+            Err(s) => panic!(
+                "CreateContainer: {:?} {}\n{}",
+                s.code(),
+                s.message(),
+                self.d.log_tail(40)
+            ),
+        }
+    }
+
+    async fn start_ctr(&mut self, id: &str) {
+        if let Err(s) = self
+            .rt
+            .start_container(cri::StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+        {
+            panic!("StartContainer: {s:?}\n{}", self.d.log_tail(40));
+        }
+    }
+
+    async fn run_ctr(
+        &mut self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> String {
+        let id = self.create_ok(pod, pod_config, config).await;
+        self.start_ctr(&id).await;
+        id
+    }
+
+    async fn status(&mut self, id: &str) -> (cri::ContainerStatus, serde_json::Value) {
+        let r = self
+            .rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: true,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner();
+        let info = r
+            .info
+            .get("info")
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or(serde_json::Value::Null);
+        (r.status.expect("status"), info)
+    }
+
+    async fn wait_exit(&mut self, id: &str, within: Duration) -> cri::ContainerStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            let (st, _) = self.status(id).await;
+            if st.state == cri::ContainerState::ContainerExited as i32 {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} still {:?} after {within:?}\n{}",
+                st.state,
+                self.d.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop_ctr(&mut self, id: &str, timeout: i64) {
+        self.rt
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.into(),
+                timeout,
+            })
+            .await
+            .expect("StopContainer");
+    }
+
+    async fn remove_ctr(&mut self, id: &str) {
+        self.rt
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .expect("RemoveContainer");
+    }
+
+    async fn exec(
+        &mut self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        self.rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn exec_out(&mut self, id: &str, cmd: &[&str]) -> String {
+        let r = self.exec(id, cmd, 10).await.expect("ExecSync");
+        assert_eq!(
+            r.exit_code,
+            0,
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        String::from_utf8_lossy(&r.stdout).into_owned()
+    }
+
+    fn log_of(&self, pod_config: &PodSandboxConfig, name: &str) -> PathBuf {
+        PathBuf::from(&pod_config.log_directory)
+            .join(name)
+            .join("0.log")
+    }
+
+    fn read_log(&self, pod_config: &PodSandboxConfig, name: &str) -> Vec<LogLine> {
+        parse_log(&std::fs::read_to_string(self.log_of(pod_config, name)).unwrap_or_default())
+    }
+
+    async fn list(&mut self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
+        self.rt
+            .list_containers(cri::ListContainersRequest { filter })
+            .await
+            .expect("ListContainers")
+            .into_inner()
+            .containers
+    }
+
+    async fn remove_pod(&mut self, id: &str) {
+        self.rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .expect("RemovePodSandbox");
+    }
+
+    /// What containers left on the node: rootfs mounts, bundles, upper dirs, shims, runc state,
+    /// container cgroups, sockets, exit files.
+    fn leftovers(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self.leftovers_now();
+            if found.is_empty() || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn leftovers_now(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in mounts_under(&self.d.state.join("containers")) {
+            out.push(format!("mount {}", m.display()));
+        }
+        for dir in [
+            self.d.state.join("containers"),
+            self.d.root.join("containers"),
+            self.d.state.join("exits"),
+            self.d.state.join("s"),
+        ] {
+            for n in dir_names(&dir) {
+                out.push(format!("{}/{n}", dir.display()));
+            }
+        }
+        for pid in shims_under(self.d.base()) {
+            if std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .contains("run")
+            {
+                out.push(format!("shim process {pid}"));
+            }
+        }
+        let runc_root = self.d.state.join("runtime/runc");
+        for n in dir_names(&runc_root) {
+            out.push(format!("runc state {n}"));
+        }
+        for n in dir_names(&self.d.root.join("store/containers")) {
+            out.push(format!("record {n}"));
+        }
+        out
+    }
+}
+
+fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
+    [
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+    ]
+    .iter()
+    .map(|root| PathBuf::from(format!("{root}{path}")))
+    .filter(|p| p.is_dir())
+    .collect()
+}
+
+fn node_hostname() -> String {
+    nix::unistd::gethostname()
+        .expect("hostname")
+        .into_string()
+        .expect("utf-8 hostname")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busybox_container_with_env_args_workdir_and_user_logs_in_cri_format() {
+    let Some(mut e) = start().await else { return };
+    let image_id = e.pull(&e.img.get("BUSYBOX_REF")).await;
+    let (pod, pc) = e.pod("basic").await;
+    let mut c = container("app", &e.img.get("BUSYBOX_REF"), &["sh", "-c"]);
+    c.args = vec!["echo out-$FOO; echo err-$FOO >&2; pwd; id -u; id -g; exit 0".into()];
+    c.envs = vec![cri::KeyValue {
+        key: "FOO".into(),
+        value: "bar".into(),
+    }];
+    c.working_dir = "/tmp/wd".into();
+    let c = with_security(c, |s| {
+        s.run_as_user = Some(cri::Int64Value { value: 1234 });
+        s.run_as_group = Some(cri::Int64Value { value: 5678 });
+    });
+    let id = e.run_ctr(&pod, &pc, c).await;
+    let st = e.wait_exit(&id, Duration::from_secs(20)).await;
+    assert_eq!(st.exit_code, 0);
+    assert_eq!(st.reason, "Completed");
+    assert!(st.started_at >= st.created_at && st.finished_at >= st.started_at);
+    assert_eq!(
+        st.image.as_ref().map(|i| i.image.as_str()),
+        Some(e.img.get("BUSYBOX_REF").as_str())
+    );
+    assert_eq!(st.image_id, image_id);
+    assert!(!st.image_ref.is_empty());
+    assert_eq!(st.labels.get("app").map(String::as_str), Some("app"));
+    assert_eq!(
+        st.annotations.get("note").map(String::as_str),
+        Some("about app")
+    );
+    assert_eq!(PathBuf::from(&st.log_path), e.log_of(&pc, "app"));
+    let user = st.user.and_then(|u| u.linux).expect("user");
+    assert_eq!((user.uid, user.gid), (1234, 5678));
+
+    let lines = e.read_log(&pc, "app");
+    assert!(!lines.is_empty(), "empty log");
+    for l in &lines {
+        assert!(valid_timestamp(&l.ts), "bad timestamp in {l:?}");
+        assert!(l.stream == "stdout" || l.stream == "stderr", "{l:?}");
+        assert_eq!(l.tag, "F");
+    }
+    assert_eq!(
+        joined(&lines, "stdout"),
+        vec!["out-bar", "/tmp/wd", "1234", "5678"]
+    );
+    assert_eq!(joined(&lines, "stderr"), vec!["err-bar"]);
+
+    let listed = e.list(None).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, id);
+    assert_eq!(listed[0].pod_sandbox_id, pod);
+    assert_eq!(listed[0].image_id, image_id);
+    e.remove_ctr(&id).await;
+    assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_image_user_gets_supplementary_groups_from_the_image() {
+    let Some(mut e) = start().await else { return };
+    let entry = e.img.get("ENTRY_REF");
+    e.pull(&entry).await;
+    let (pod, pc) = e.pod("groups").await;
+    // Image USER app: uid 1000, gid 1000, member of audio (29) and video (44) in /etc/group;
+    // the request adds 50 (Merge policy, Kubernetes' default).
+    let c = with_security(container("ids", &entry, &["id"]), |s| {
+        s.supplemental_groups = vec![50];
+    });
+    let id = e.run_ctr(&pod, &pc, c).await;
+    e.wait_exit(&id, Duration::from_secs(20)).await;
+    let out = joined(&e.read_log(&pc, "ids"), "stdout").join("\n");
+    assert!(out.starts_with("uid=1000(app) gid=1000(app)"), "{out}");
+    for g in ["29(audio)", "44(video)", "50(staff)"] {
+        assert!(out.contains(g), "{g} missing in {out}");
+    }
+    let (st, _) = e.status(&id).await;
+    let user = st.user.and_then(|u| u.linux).expect("user");
+    assert_eq!((user.uid, user.gid), (1000, 1000));
+    let mut groups = user.supplemental_groups.clone();
+    groups.sort();
+    assert_eq!(groups, vec![29, 44, 50]);
+
+    // Strict: only the requested groups.
+    let c = with_security(container("strict", &entry, &["id", "-G"]), |s| {
+        s.supplemental_groups = vec![50];
+        s.supplemental_groups_policy = cri::SupplementalGroupsPolicy::Strict as i32;
+    });
+    let id = e.run_ctr(&pod, &pc, c).await;
+    e.wait_exit(&id, Duration::from_secs(20)).await;
+    let out = joined(&e.read_log(&pc, "strict"), "stdout").join(" ");
+    let mut got: Vec<&str> = out.split_whitespace().collect();
+    got.sort();
+    assert_eq!(got, vec!["1000", "50"], "{out}");
+
+    // A name the image does not know is refused at create.
+    let c = with_security(container("nouser", &entry, &["id"]), |s| {
+        s.run_as_username = "ghost".into();
+    });
+    let err = e.create(&pod, &pc, c).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains("ghost"), "{}", err.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entrypoint_cmd_command_and_args_combine_as_kubelet_expects() {
+    let Some(mut e) = start().await else { return };
+    let entry = e.img.get("ENTRY_REF");
+    e.pull(&entry).await;
+    let (pod, pc) = e.pod("argv").await;
+    // The image: ENTRYPOINT ["/bin/echo", "entry"], CMD ["from-cmd"].
+    let cases: [(&str, Vec<&str>, Vec<&str>, &str); 4] = [
+        ("neither", vec![], vec![], "entry from-cmd"),
+        ("args", vec![], vec!["a", "b"], "entry a b"),
+        ("command", vec!["/bin/echo", "cmd"], vec![], "cmd"),
+        ("both", vec!["/bin/echo", "cmd"], vec!["x"], "cmd x"),
+    ];
+    for (name, command, args, want) in cases {
+        let mut c = container(name, &entry, &command);
+        c.args = args.iter().map(|s| s.to_string()).collect();
+        let id = e.run_ctr(&pod, &pc, c).await;
+        e.wait_exit(&id, Duration::from_secs(20)).await;
+        assert_eq!(
+            joined(&e.read_log(&pc, name), "stdout"),
+            vec![want],
+            "{name}"
+        );
+    }
+    // Environment: image first, the request's value wins, PATH from the image; the image's
+    // WorkingDir is created; the image VOLUME is a mount of its own.
+    let mut c = sh(
+        "env",
+        &entry,
+        "echo $FOO $KEEP; echo $PATH; pwd; grep -c ' /vol ' /proc/mounts",
+    );
+    c.envs = vec![cri::KeyValue {
+        key: "FOO".into(),
+        value: "request".into(),
+    }];
+    let id = e.run_ctr(&pod, &pc, c).await;
+    let st = e.wait_exit(&id, Duration::from_secs(20)).await;
+    assert_eq!(st.exit_code, 0, "{:?}", e.read_log(&pc, "env"));
+    assert_eq!(
+        joined(&e.read_log(&pc, "env"), "stdout"),
+        vec![
+            "request image",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "/work/dir",
+            "1"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_zero_one_and_137_with_sigkill_after_the_timeout() {
+    let Some(mut e) = start().await else { return };
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    let (pod, pc) = e.pod("exits").await;
+    let ok = e.run_ctr(&pod, &pc, container("ok", &bb, &["true"])).await;
+    let fail = e.run_ctr(&pod, &pc, sh("fail", &bb, "exit 1")).await;
+    let st = e.wait_exit(&ok, Duration::from_secs(20)).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));
+    let st = e.wait_exit(&fail, Duration::from_secs(20)).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (1, "Error"));
+
+    // Ignores SIGTERM: StopContainer escalates to SIGKILL after its timeout and returns as
+    // soon as the process is gone.
+    let stubborn = e
+        .run_ctr(
+            &pod,
+            &pc,
+            sh(
+                "stubborn",
+                &bb,
+                "trap '' TERM; while :; do usleep 20000; done",
+            ),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    e.stop_ctr(&stubborn, 1).await;
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(900), "stopped after {took:?}");
+    assert!(took < Duration::from_secs(4), "stopped after {took:?}");
+    let (st, _) = e.status(&stubborn).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!((st.exit_code, st.reason.as_str()), (137, "Error"));
+    // Idempotent: stopping again, or an unknown container, is fine.
+    e.stop_ctr(&stubborn, 1).await;
+    e.stop_ctr("0123456789abcdef-unknown", 1).await;
+    e.remove_ctr("0123456789abcdef-unknown").await;
+
+    // A process that ends on SIGTERM returns at once. (It needs a handler: as PID 1 of its
+    // namespace, a process without one never sees SIGTERM.)
+    let quick = e
+        .run_ctr(
+            &pod,
+            &pc,
+            sh(
+                "quick",
+                &bb,
+                "trap 'exit 143' TERM; while :; do usleep 20000; done",
+            ),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    e.stop_ctr(&quick, 30).await;
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let (st, _) = e.status(&quick).await;
+    assert_eq!(st.exit_code, 143);
+    e.remove_pod(&pod).await;
+    assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_stop_signal_is_what_stop_container_sends() {
+    let Some(mut e) = start().await else { return };
+    let entry = e.img.get("ENTRY_REF");
+    e.pull(&entry).await;
+    let (pod, pc) = e.pod("stopsig").await;
+    // The image's STOPSIGNAL is SIGUSR1.
+    let id = e
+        .run_ctr(
+            &pod,
+            &pc,
+            sh(
+                "usr1",
+                &entry,
+                "trap 'exit 42' USR1; trap '' TERM; while :; do usleep 20000; done",
+            ),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    e.stop_ctr(&id, 10).await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let (st, _) = e.status(&id).await;
+    assert_eq!(st.exit_code, 42);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readonly_rootfs_refuses_writes_and_host_path_mounts_are_seen() {
+    let Some(mut e) = start().await else { return };
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    let (pod, pc) = e.pod("mounts").await;
+    let host = tempfile::tempdir_in("/var/tmp").expect("host dir");
+    std::fs::write(host.path().join("hello"), "from the host\n").unwrap();
+    let mut c = sh(
+        "ro",
+        &bb,
+        "cat /mnt/rw/hello; echo written > /mnt/rw/out; touch /newfile && echo root-writable; touch /mnt/ro/x && echo ro-writable; exit 0",
+    );
+    c.mounts = vec![
+        cri::Mount {
+            container_path: "/mnt/rw".into(),
+            host_path: host.path().display().to_string(),
+            ..Default::default()
+        },
+        cri::Mount {
+            container_path: "/mnt/ro/".into(),
+            host_path: host.path().display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
+    let c = with_security(c, |s| s.readonly_rootfs = true);
+    let id = e.run_ctr(&pod, &pc, c).await;
+    e.wait_exit(&id, Duration::from_secs(20)).await;
+    let lines = e.read_log(&pc, "ro");
+    assert_eq!(joined(&lines, "stdout"), vec!["from the host"], "{lines:?}");
+    let err = joined(&lines, "stderr").join("\n");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("out")).unwrap(),
+        "written\n"
+    );
+    assert!(!host.path().join("x").exists());
+    let (st, _) = e.status(&id).await;
+    assert_eq!(st.mounts.len(), 2);
+    assert_eq!(st.mounts[1].container_path, "/mnt/ro");
+    assert!(st.mounts[1].readonly);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_containers_of_a_pod_share_localhost_and_dev_shm() {
+    let Some(mut e) = start().await else { return };
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    let (pod, pc) = e.pod("shared").await;
+    let server = e
+        .run_ctr(
+            &pod,
+            &pc,
+            sh(
+                "server",
+                &bb,
+                "mkdir -p /www && echo hello-from-server > /www/index.html && echo shm-data > /dev/shm/note && httpd -f -p 127.0.0.1:8080 -h /www",
+            ),
+        )
+        .await;
+    let client = e
+        .run_ctr(&pod, &pc, container("client", &bb, &["sleep", "1000"]))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let r = e
+            .exec(&client, &["wget", "-q", "-O-", "http://127.0.0.1:8080/"], 5)
+            .await
+            .expect("ExecSync");
+        if r.exit_code == 0 || Instant::now() > deadline {
+            break String::from_utf8_lossy(&r.stdout).into_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(page.trim(), "hello-from-server");
+    assert_eq!(
+        e.exec_out(&client, &["cat", "/dev/shm/note"]).await.trim(),
+        "shm-data"
+    );
+    let df = e
+        .exec_out(&client, &["sh", "-c", "grep ' /dev/shm ' /proc/mounts"])
+        .await;
+    assert!(df.contains("tmpfs"), "{df}");
+    // Same hostname: the pod's UTS namespace.
+    assert_eq!(e.exec_out(&server, &["hostname"]).await.trim(), "shared");
+    e.remove_pod(&pod).await;
+    assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layered_image_whiteouts_and_opaque_dirs_are_visible_as_such() {
+    let Some(mut e) = start().await else { return };
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    let (pod, pc) = e.pod("layers").await;
+    let id = e
+        .run_ctr(
+            &pod,
+            &pc,
+            sh(
+                "ls",
+                &bb,
+                "ls /data/old; test -e /etc/removed-me && echo still-there; exit 0",
+            ),
+        )
+        .await;
+    e.wait_exit(&id, Duration::from_secs(20)).await;
+    // Layer 2 wrote /data/old/{a,b} and /etc/removed-me; layer 3 made /data/old opaque (with
+    // `new`) and whited out /etc/removed-me.
+    assert_eq!(joined(&e.read_log(&pc, "ls"), "stdout"), vec!["new"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_image_with_120_layers_runs() {
+    let Some(mut e) = start().await else { return };
+    let deep = e.img.get("DEEP_REF");
+    e.pull(&deep).await;
+    let (pod, pc) = e.pod("deep").await;
+    let id = e
+        .run_ctr(
+            &pod,
+            &pc,
+            sh(
+                "deep",
+                &deep,
+                "cat /layers/001 /layers/119; ls /layers | wc -l",
+            ),
+        )
+        .await;
+    let st = e.wait_exit(&id, Duration::from_secs(20)).await;
+    assert_eq!(st.exit_code, 0, "{:?}", e.read_log(&pc, "deep"));
+    assert_eq!(
+        joined(&e.read_log(&pc, "deep"), "stdout"),
+        vec!["1", "119", "119"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_and_remove_of_a_never_started_container() {
+    let Some(mut e) = start().await else { return };
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    let (pod, pc) = e.pod("unstarted").await;
+    let id = e
+        .create_ok(&pod, &pc, container("idle", &bb, &["sleep", "1000"]))
+        .await;
+    let (st, info) = e.status(&id).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerCreated as i32);
+    let pid = info["pid"].as_i64().expect("pid") as i32;
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    e.stop_ctr(&id, 5).await;
+    e.remove_ctr(&id).await;
+    assert!(e.list(None).await.is_empty());
+    assert!(!Path::new(&format!("/proc/{pid}/exe")).exists());
+    assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_sync_runs_in_the_container_and_its_timeout_kills_the_process() {
+    let Some(mut e) = start().await else { return };
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    let (pod, pc) = e.pod("exec").await;
+    let mut c = container("target", &bb, &["sleep", "1000"]);
+    c.envs = vec![cri::KeyValue {
+        key: "WHO".into(),
+        value: "container-env".into(),
+    }];
+    c.working_dir = "/tmp".into();
+    let id = e.run_ctr(&pod, &pc, c).await;
+    let r = e
+        .exec(
+            &id,
+            &["sh", "-c", "echo $WHO; pwd; echo oops >&2; exit 3"],
+            10,
+        )
+        .await
+        .expect("ExecSync");
+    assert_eq!(r.exit_code, 3);
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "container-env\n/tmp\n");
+    assert_eq!(String::from_utf8_lossy(&r.stderr), "oops\n");
+
+    let t = Instant::now();
+    let err = e.exec(&id, &["sleep", "100"], 1).await.unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{}", err.message());
+    assert!(took < Duration::from_secs(3), "returned after {took:?}");
+    let left = e.exec_out(&id, &["ps", "-o", "args"]).await;
+    assert!(!left.lines().any(|l| l.trim() == "sleep 100"), "{left}");
+    // Nothing berth started for the exec stays on the host either.
+    let host_left = Command::new("pgrep")
+        .args(["-f", "^sleep 100$"])
+        .output()
+        .unwrap();
+    assert!(
+        host_left.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&host_left.stdout)
+    );
+
+    // A missing binary is an error, not a hang.
+    let err = e.exec(&id, &["/no/such/binary"], 5).await;
+    match err {
+        Err(s) => assert!(
+            s.message().contains("no such file") || s.message().contains("not found"),
+            "{}",
+            s.message()
+        ),
+        Ok(r) => assert_ne!(r.exit_code, 0),
+    }
+
+    // Output beyond the cap is cut, not buffered without bound.
+    let r = e
+        .exec(
+            &id,
+            &["sh", "-c", "yes 0123456789abcdef | head -c 20000000"],
+            60,
+        )
+        .await
+        .expect("ExecSync big");
+    assert_eq!(r.exit_code, 0);
+    // Cut so the response fits the 16 MiB that kubelet and crictl accept.
+    assert!(
+        r.stdout.len() <= 16 << 20 && r.stdout.len() > (16 << 20) - 4096,
+        "{}",
+        r.stdout.len()
+    );
+
+    // Not running → FAILED_PRECONDITION.
+    e.stop_ctr(&id, 0).await;
+    let err = e.exec(&id, &["true"], 5).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lines_are_split_into_partial_pieces_and_rotation_loses_no_line() {
+    let Some(mut e) = start().await else { return };
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    let (pod, pc) = e.pod("logs").await;
+    let id = e
+        .run_ctr(
+            &pod,
+            &pc,
+            sh(
+                "long",
+                &bb,
+                "head -c 102400 /dev/zero | tr '\\0' a; echo; echo done",
+            ),
+        )
+        .await;
+    e.wait_exit(&id, Duration::from_secs(20)).await;
+    let lines = e.read_log(&pc, "long");
+    let tags: Vec<&str> = lines.iter().map(|l| l.tag.as_str()).collect();
+    assert_eq!(
+        tags,
+        vec!["P", "P", "P", "P", "P", "P", "F", "F"],
+        "{tags:?}"
+    );
+    assert!(lines[..6].iter().all(|l| l.text.len() == 16 * 1024));
+    let full = joined(&lines, "stdout");
+    assert_eq!(full.len(), 2);
+    assert_eq!(full[0].len(), 102_400);
+    assert!(full[0].bytes().all(|b| b == b'a'));
+    assert_eq!(full[1], "done");
+
+    // Rotation as kubelet does it: rename, then ReopenContainerLog; every line lands in one of
+    // the two files, in order, once.
+    let id = e
+        .run_ctr(
+            &pod,
+            &pc,
+            sh(
+                "rot",
+                &bb,
+                "i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); [ $((i % 10)) = 0 ] && usleep 10000; done",
+            ),
+        )
+        .await;
+    let log = e.log_of(&pc, "rot");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    e.rt.reopen_container_log(cri::ReopenContainerLogRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("ReopenContainerLog");
+    e.wait_exit(&id, Duration::from_secs(30)).await;
+    let before = joined(
+        &parse_log(&std::fs::read_to_string(&rotated).unwrap()),
+        "stdout",
+    );
+    let after = joined(
+        &parse_log(&std::fs::read_to_string(&log).unwrap()),
+        "stdout",
+    );
+    assert!(
+        !before.is_empty() && !after.is_empty(),
+        "{} / {}",
+        before.len(),
+        after.len()
+    );
+    let all: Vec<String> = before.into_iter().chain(after).collect();
+    let want: Vec<String> = (0..3000).map(|i| format!("line-{i}")).collect();
+    assert_eq!(all, want);
+    // Reopening the log of a container that is not running is refused.
+    let err =
+        e.rt.reopen_container_log(cri::ReopenContainerLogRequest { container_id: id })
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_with_ten_running_containers_then_restart_keeps_them() {
+    let Some(mut e) = start().await else { return };
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    let (pod, pc) = e.pod("survive").await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let name = format!("tick{i}");
+        let id = e
+            .run_ctr(
+                &pod,
+                &pc,
+                sh(&name, &bb, "while :; do echo tick; usleep 100000; done"),
+            )
+            .await;
+        ids.push((name, id));
+    }
+    let quitter = e
+        .run_ctr(&pod, &pc, sh("quitter", &bb, "sleep 2; exit 7"))
+        .await;
+    let mut pids = Vec::new();
+    for (_, id) in &ids {
+        let (_, info) = e.status(id).await;
+        pids.push(info["pid"].as_i64().expect("pid"));
+    }
+    e.d.kill9();
+    // Meanwhile the quitter exits and the others keep logging.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sizes: Vec<u64> = ids
+        .iter()
+        .map(|(n, _)| {
+            std::fs::metadata(e.log_of(&pc, n))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .collect();
+    e.d.start_again().await.expect("restart");
+    e.rt = e.d.runtime().await.expect("client");
+    for ((name, id), pid) in ids.iter().zip(&pids) {
+        let (st, info) = e.status(id).await;
+        assert_eq!(
+            st.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "{name}"
+        );
+        assert_eq!(info["pid"].as_i64(), Some(*pid), "{name}");
+    }
+    let st = e.wait_exit(&quitter, Duration::from_secs(5)).await;
+    assert_eq!(st.exit_code, 7);
+    assert!(st.finished_at > 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for ((name, _), before) in ids.iter().zip(sizes) {
+        let now = std::fs::metadata(e.log_of(&pc, name))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(now > before, "{name} stopped logging ({before} -> {now})");
+    }
+    // The restarted daemon drives them as before.
+    let (_, first) = &ids[0];
+    assert_eq!(e.exec_out(first, &["echo", "alive"]).await.trim(), "alive");
+    e.stop_ctr(first, 5).await;
+    let new = e
+        .run_ctr(&pod, &pc, container("after", &bb, &["true"]))
+        .await;
+    e.wait_exit(&new, Duration::from_secs(20)).await;
+    e.remove_pod(&pod).await;
+    assert!(e.list(None).await.is_empty());
+    assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_and_remove_leave_no_mount_cgroup_shim_runc_state_or_upper_dir() {
+    let Some(mut e) = start().await else { return };
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    let (pod, pc) = e.pod("clean").await;
+    let id = e
+        .run_ctr(&pod, &pc, container("c", &bb, &["sleep", "1000"]))
+        .await;
+    let (_, info) = e.status(&id).await;
+    let cgroup = info["cgroupsPath"]
+        .as_str()
+        .expect("cgroupsPath")
+        .to_string();
+    assert!(!cgroup_dirs(&cgroup).is_empty(), "no cgroup {cgroup}");
+    let upper = PathBuf::from(info["upperDir"].as_str().expect("upperDir"));
+    assert!(upper.is_dir());
+    assert!(!shims_under(e.d.base()).is_empty());
+    e.stop_ctr(&id, 5).await;
+    e.remove_ctr(&id).await;
+    assert!(cgroup_dirs(&cgroup).is_empty(), "cgroup {cgroup} left");
+    assert!(!upper.exists());
+    assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
+    // Removing the pod with a running container removes the container too.
+    let id = e
+        .run_ctr(&pod, &pc, container("c2", &bb, &["sleep", "1000"]))
+        .await;
+    let (_, info) = e.status(&id).await;
+    let cgroup = info["cgroupsPath"].as_str().unwrap().to_string();
+    e.remove_pod(&pod).await;
+    assert!(e.list(None).await.is_empty());
+    assert!(cgroup_dirs(&cgroup).is_empty(), "cgroup {cgroup} left");
+    assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_their_codes_and_leave_nothing() {
+    let Some(mut e) = start().await else { return };
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    let (pod, pc) = e.pod("bad").await;
+    let good = || container("c", &bb, &["sleep", "1000"]);
+
+    let err = e.create("nosuchpod", &pc, good()).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+
+    let mut c = good();
+    c.image = Some(spec("127.0.0.1:5000/berth/never-pulled:latest"));
+    let err = e.create(&pod, &pc, c).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("never-pulled"), "{}", err.message());
+
+    for (edit, field) in [
+        (
+            Box::new(|c: &mut ContainerConfig| c.log_path = "../../escape.log".into())
+                as Box<dyn Fn(&mut ContainerConfig)>,
+            "log_path",
+        ),
+        (
+            Box::new(|c: &mut ContainerConfig| c.metadata = None),
+            "config.metadata",
+        ),
+        (
+            Box::new(|c: &mut ContainerConfig| c.image = None),
+            "config.image",
+        ),
+        (
+            Box::new(|c: &mut ContainerConfig| {
+                c.mounts.push(cri::Mount {
+                    container_path: "relative/path".into(),
+                    host_path: "/tmp".into(),
+                    ..Default::default()
+                })
+            }),
+            "config.mounts[0].container_path",
+        ),
+    ] {
+        let mut c = good();
+        edit(&mut c);
+        let err = e.create(&pod, &pc, c).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{field}: {}",
+            err.message()
+        );
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    // A create that fails in the runtime (no such command) leaves nothing either.
+    let err = e
+        .create(&pod, &pc, container("nocmd", &bb, &["/no/such/command"]))
+        .await;
+    if let Ok(id) = err {
+        // runc reports a missing binary only at start.
+        let start =
+            e.rt.start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await;
+        assert!(start.is_err());
+        e.remove_ctr(&id).await;
+    }
+    assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
+
+    let id = e.create_ok(&pod, &pc, good()).await;
+    let err = e.create(&pod, &pc, good()).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert!(err.message().contains(&id), "{}", err.message());
+    e.start_ctr(&id).await;
+    let err =
+        e.rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    e.remove_ctr(&id).await;
+
+    // A stopped pod takes no containers.
+    e.rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("stop pod");
+    let err = e.create(&pod, &pc, good()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_status_and_runtime_readiness() {
+    let Some(mut e) = start().await else { return };
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    let (pod_a, pca) = e.pod("list-a").await;
+    let (pod_b, pcb) = e.pod("list-b").await;
+    let a = e
+        .run_ctr(&pod_a, &pca, container("a", &bb, &["sleep", "1000"]))
+        .await;
+    let b = e
+        .create_ok(&pod_b, &pcb, container("b", &bb, &["sleep", "1000"]))
+        .await;
+    let by = |f: cri::ContainerFilter| Some(f);
+    let ids = |v: Vec<cri::Container>| v.into_iter().map(|c| c.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(e
+            .list(by(cri::ContainerFilter {
+                id: a[..12].into(),
+                ..Default::default()
+            }))
+            .await),
+        vec![a.clone()]
+    );
+    assert_eq!(
+        ids(e
+            .list(by(cri::ContainerFilter {
+                pod_sandbox_id: pod_b.clone(),
+                ..Default::default()
+            }))
+            .await),
+        vec![b.clone()]
+    );
+    assert_eq!(
+        ids(e
+            .list(by(cri::ContainerFilter {
+                state: Some(cri::ContainerStateValue {
+                    state: cri::ContainerState::ContainerRunning as i32
+                }),
+                ..Default::default()
+            }))
+            .await),
+        vec![a.clone()]
+    );
+    assert_eq!(
+        ids(e
+            .list(by(cri::ContainerFilter {
+                label_selector: HashMap::from([("app".to_string(), "b".to_string())]),
+                ..Default::default()
+            }))
+            .await),
+        vec![b.clone()]
+    );
+    let status =
+        e.rt.status(cri::StatusRequest { verbose: false })
+            .await
+            .expect("Status")
+            .into_inner();
+    let conds = status.status.expect("conditions").conditions;
+    let ready = conds
+        .iter()
+        .find(|c| c.r#type == "RuntimeReady")
+        .expect("RuntimeReady");
+    assert!(ready.status, "{ready:?}");
+    let names: Vec<&str> = status
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(names, vec!["", "runc"]);
+    // A pod with an empty hostname and a long name gets the node's hostname.
+    let long = "p".repeat(100);
+    let mut pc = pod_config(&long, e.logs.path());
+    pc.hostname.clear();
+    let pod = e.run_pod(pc.clone()).await;
+    let id = e
+        .run_ctr(&pod, &pc, container("h", &bb, &["sleep", "1000"]))
+        .await;
+    assert_eq!(e.exec_out(&id, &["hostname"]).await.trim(), node_hostname());
+}
+
+/// A runtime handler whose `create` takes a few seconds: the window in which a client gives up
+/// or the daemon is killed.
+fn slow_runtime(dir: &Path) -> PathBuf {
+    let script = dir.join("slow-runc");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = create ] && sleep 3; done\nexec runc \"$@\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_retry_after_a_client_timeout_and_a_crash_mid_create() {
+    let tools = tempfile::tempdir_in("/var/tmp").expect("tools");
+    let slow = slow_runtime(tools.path());
+    let extra = format!(
+        "[runtime]\ndefault_handler = \"runc\"\n[runtime.handlers.runc]\npath = \"runc\"\n[runtime.handlers.slow]\npath = \"{}\"\n",
+        slow.display()
+    );
+    let Some(mut e) = start_with(&extra).await else {
+        return;
+    };
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    let pc = pod_config("slow", e.logs.path());
+    let pod = e.run_pod_with(pc.clone(), "slow").await;
+
+    // The client gives up after 1 s; the retry gets the container made for the first call.
+    let mut req = tonic::Request::new(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(container("c", &bb, &["sleep", "1000"])),
+        sandbox_config: Some(pc.clone()),
+    });
+    req.set_timeout(Duration::from_secs(1));
+    let err = e.rt.create_container(req).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{:?} {}",
+        err.code(),
+        err.message()
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let id = e
+        .create_ok(&pod, &pc, container("c", &bb, &["sleep", "1000"]))
+        .await;
+    assert_eq!(e.list(None).await.len(), 1);
+    e.start_ctr(&id).await;
+    e.remove_ctr(&id).await;
+
+    // berthd killed while runc create is under way: after the restart nothing is left.
+    let mut rt = e.rt.clone();
+    let pc2 = pc.clone();
+    let pod2 = pod.clone();
+    let c = container("crash", &bb, &["sleep", "1000"]);
+    let pending = tokio::spawn(async move {
+        rt.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod2,
+            config: Some(c),
+            sandbox_config: Some(pc2),
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    e.d.kill9();
+    let _ = pending.await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    e.d.start_again().await.expect("restart");
+    e.rt = e.d.runtime().await.expect("client");
+    assert!(e.list(None).await.is_empty());
+    assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
+    // The name is free again.
+    let id = e
+        .create_ok(&pod, &pc, container("crash", &bb, &["sleep", "1000"]))
+        .await;
+    e.remove_ctr(&id).await;
+}
+
+fn berthctl_bin() -> PathBuf {
+    berthd_bin().with_file_name("berthctl")
+}
+
+fn ctl(d: &Daemon, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(berthctl_bin())
+        .arg("-r")
+        .arg(format!("unix://{}", d.socket.display()))
+        .args(args)
+        .output()
+        .expect("berthctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ctl_ok(d: &Daemon, args: &[&str]) -> String {
+    let (ok, out, err) = ctl(d, args);
+    assert!(ok, "berthctl {args:?} failed: {err}\n{out}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berthctl_drives_the_container_lifecycle_like_crictl() {
+    let Some(e) = start().await else { return };
+    if !berthctl_bin().is_file() {
+        assert!(!required(), "berthctl binary missing");
+        return;
+    }
+    let bb = e.img.get("BUSYBOX_REF");
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let podf = dir.path().join("pod.json");
+    std::fs::write(
+        &podf,
+        serde_json::json!({
+            "metadata": {"name": "ctl", "namespace": "e2e", "uid": "ctl-1"},
+            "log_directory": e.logs.path().join("ctl").display().to_string(),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let ctrf = dir.path().join("ctr.yaml");
+    std::fs::write(
+        &ctrf,
+        format!(
+            "metadata:\n  name: talker\nimage:\n  image: {bb}\ncommand: [sh, -c, 'echo hello-out; echo hello-err >&2; sleep 1000']\nlogPath: talker.log\nlabels:\n  app: talker\n"
+        ),
+    )
+    .unwrap();
+    ctl_ok(&e.d, &["pull", &bb]);
+    let pod = ctl_ok(&e.d, &["runp", podf.to_str().unwrap()])
+        .trim()
+        .to_string();
+    let id = ctl_ok(
+        &e.d,
+        &[
+            "create",
+            &pod,
+            ctrf.to_str().unwrap(),
+            podf.to_str().unwrap(),
+        ],
+    )
+    .trim()
+    .to_string();
+    ctl_ok(&e.d, &["start", &id]);
+    let ps = ctl_ok(&e.d, &["ps"]);
+    assert!(ps.contains("talker") && ps.contains("Running"), "{ps}");
+    assert_eq!(
+        ctl_ok(&e.d, &["ps", "-q", "--label", "app=talker"]).trim(),
+        id
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ctl_ok(&e.d, &["inspect", "-o", "json", &id])).expect("inspect json");
+    assert_eq!(inspect["status"]["state"], "CONTAINER_RUNNING");
+    assert!(inspect["info"]["pid"].as_i64().is_some());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, out, err) = ctl(&e.d, &["logs", &id]);
+        if out.contains("hello-out") && err.contains("hello-err") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "logs: {out} / {err}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, out, _) = ctl(
+        &e.d,
+        &["exec", "-s", &id, "sh", "-c", "echo in-exec; exit 4"],
+    );
+    assert!(!ok);
+    assert_eq!(out.trim(), "in-exec");
+    ctl_ok(&e.d, &["stop", "-t", "1", &id]);
+    assert!(ctl_ok(&e.d, &["ps", "-a"]).contains("Exited"));
+    ctl_ok(&e.d, &["rm", &id]);
+    // `run`: pull + runp + create + start in one.
+    let ctrf2 = dir.path().join("ctr2.json");
+    std::fs::write(
+        &ctrf2,
+        serde_json::json!({
+            "metadata": {"name": "runner"},
+            "image": {"image": bb},
+            "command": ["sleep", "1000"],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        &podf,
+        serde_json::json!({"metadata": {"name": "ctl-run", "namespace": "e2e", "uid": "ctl-2"}})
+            .to_string(),
+    )
+    .unwrap();
+    let id = ctl_ok(
+        &e.d,
+        &["run", ctrf2.to_str().unwrap(), podf.to_str().unwrap()],
+    )
+    .trim()
+    .to_string();
+    let (_, out, _) = ctl(&e.d, &["ps", "-q", "--state", "running"]);
+    assert_eq!(out.trim(), id);
+    ctl_ok(&e.d, &["rm", "-f", "-a"]);
+    ctl_ok(&e.d, &["rmp", "-a", "-f"]);
+    assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
+}
