@@ -34,6 +34,8 @@ fi
 if [ "${BERTH_SKIP_E2E:-0}" != 1 ]; then
   step "build binaries"
   cargo build --bins
+  # One shim runs per container: it is built static (musl where available) to stay small.
+  bash hack/build-shim.sh target/debug/berth-shim
   step "registries + test images"
   trap 'bash hack/registry.sh stop || true; rm -f "$results"' EXIT
   bash hack/registry.sh start

@@ -441,16 +441,28 @@ async fn busybox_container_with_env_args_workdir_and_user_logs_in_cri_format() {
     let image_id = e.pull(&e.img.get("BUSYBOX_REF")).await;
     let (pod, pc) = e.pod("basic").await;
     let mut c = container("app", &e.img.get("BUSYBOX_REF"), &["sh", "-c"]);
-    c.args = vec!["echo out-$FOO; echo err-$FOO >&2; pwd; id -u; id -g; exit 0".into()];
+    c.args = vec!["echo out-$FOO; echo err-$FOO >&2; pwd; id -u; id -g".into()];
     c.envs = vec![cri::KeyValue {
         key: "FOO".into(),
         value: "bar".into(),
     }];
     c.working_dir = "/tmp/wd".into();
-    let c = with_security(c, |s| {
+    let mut c = with_security(c, |s| {
         s.run_as_user = Some(cri::Int64Value { value: 1234 });
         s.run_as_group = Some(cri::Int64Value { value: 5678 });
     });
+    // kubelet asks guaranteed pods for -998; root here lacks CAP_SYS_RESOURCE, so berth clamps
+    // to its own score instead of failing the container.
+    c.linux.get_or_insert_with(Default::default).resources = Some(cri::LinuxContainerResources {
+        oom_score_adj: -998,
+        ..Default::default()
+    });
+    c.args[0].push_str("; cat /proc/self/oom_score_adj");
+    let own_score: i64 = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let id = e.run_ctr(&pod, &pc, c).await;
     let st = e.wait_exit(&id, Duration::from_secs(20)).await;
     assert_eq!(st.exit_code, 0);
@@ -478,9 +490,15 @@ async fn busybox_container_with_env_args_workdir_and_user_logs_in_cri_format() {
         assert!(l.stream == "stdout" || l.stream == "stderr", "{l:?}");
         assert_eq!(l.tag, "F");
     }
+    let score = joined(&lines, "stdout").last().cloned().unwrap_or_default();
+    let score: i64 = score.parse().unwrap_or(i64::MIN);
+    assert!(
+        score >= -998 && score <= own_score.max(-998),
+        "oom_score_adj {score}"
+    );
     assert_eq!(
-        joined(&lines, "stdout"),
-        vec!["out-bar", "/tmp/wd", "1234", "5678"]
+        joined(&lines, "stdout")[..4],
+        ["out-bar", "/tmp/wd", "1234", "5678"]
     );
     assert_eq!(joined(&lines, "stderr"), vec!["err-bar"]);
 
@@ -514,9 +532,8 @@ async fn named_image_user_gets_supplementary_groups_from_the_image() {
     let (st, _) = e.status(&id).await;
     let user = st.user.and_then(|u| u.linux).expect("user");
     assert_eq!((user.uid, user.gid), (1000, 1000));
-    let mut groups = user.supplemental_groups.clone();
-    groups.sort();
-    assert_eq!(groups, vec![29, 44, 50]);
+    // Every group the process holds, the primary one included, as critest expects.
+    assert_eq!(user.supplemental_groups, vec![29, 44, 50, 1000]);
 
     // Strict: only the requested groups.
     let c = with_security(container("strict", &entry, &["id", "-G"]), |s| {
@@ -690,7 +707,13 @@ async fn readonly_rootfs_refuses_writes_and_host_path_mounts_are_seen() {
         &bb,
         "cat /mnt/rw/hello; echo written > /mnt/rw/out; touch /newfile && echo root-writable; touch /mnt/ro/x && echo ro-writable; exit 0",
     );
+    let missing = host.path().join("created/by/berth");
     c.mounts = vec![
+        cri::Mount {
+            container_path: "/mnt/new".into(),
+            host_path: missing.display().to_string(),
+            ..Default::default()
+        },
         cri::Mount {
             container_path: "/mnt/rw".into(),
             host_path: host.path().display().to_string(),
@@ -715,10 +738,12 @@ async fn readonly_rootfs_refuses_writes_and_host_path_mounts_are_seen() {
         "written\n"
     );
     assert!(!host.path().join("x").exists());
+    // A missing host path is created as a directory, as containerd does.
+    assert!(missing.is_dir());
     let (st, _) = e.status(&id).await;
-    assert_eq!(st.mounts.len(), 2);
-    assert_eq!(st.mounts[1].container_path, "/mnt/ro");
-    assert!(st.mounts[1].readonly);
+    assert_eq!(st.mounts.len(), 3);
+    assert_eq!(st.mounts[2].container_path, "/mnt/ro");
+    assert!(st.mounts[2].readonly);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -859,6 +884,23 @@ async fn exec_sync_runs_in_the_container_and_its_timeout_kills_the_process() {
     assert_eq!(r.exit_code, 3);
     assert_eq!(String::from_utf8_lossy(&r.stdout), "container-env\n/tmp\n");
     assert_eq!(String::from_utf8_lossy(&r.stderr), "oops\n");
+
+    // Nothing the container runs starts with a signal ignored (glibc's posix_spawn would
+    // pass its internal signal 32 on as ignored).
+    for pid in ["1", "self"] {
+        let status = e
+            .exec_out(&id, &["cat", &format!("/proc/{pid}/status")])
+            .await;
+        let ign = status
+            .lines()
+            .find(|l| l.starts_with("SigIgn:"))
+            .unwrap_or_default();
+        assert_eq!(
+            ign.split_whitespace().nth(1),
+            Some("0000000000000000"),
+            "{pid}: {ign}"
+        );
+    }
 
     let t = Instant::now();
     let err = e.exec(&id, &["sleep", "100"], 1).await.unwrap_err();

@@ -1,47 +1,53 @@
-//! berth-shim: the small per-pod / per-container helper process.
+//! berth-shim: the small helper process berth runs next to containers.
 //!
-//! Today it has one mode, `pause`: the holder process of a pod that shares its PID namespace
-//! (berth needs no pause image). It sleeps until told to stop and reaps orphans, as PID 1 of a
-//! namespace must.
+//! * `pause`: the holder process of a pod that shares its PID namespace (berth needs no pause
+//!   image). It sleeps until told to stop and reaps orphans, as PID 1 of a namespace must.
+//! * `run <shim.json>`: the monitor of one container. It is the container's parent, owns its
+//!   stdio, writes the CRI log, records the exit and outlives berthd (see `run.rs`).
+//!
+//! Synchronous and single-threaded on purpose: one shim per container, so every kilobyte of
+//! RSS counts (no async runtime, no argument parser, no tracing).
 
-use anyhow::{bail, Context};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
+/// One line on the shim's stderr, which berthd points at the container's shim log file. A
+/// write error is ignored (`eprintln!` would panic, and the shim must outlive its log).
+macro_rules! diag {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "{} berth-shim[{}]: {}",
+            humantime::format_rfc3339_micros(std::time::SystemTime::now()),
+            std::process::id(),
+            format_args!($($arg)*)
+        );
+    }};
+}
+
+mod console;
+mod log;
+mod pause;
+mod run;
+mod runc;
+mod server;
+mod sys;
+
+use anyhow::bail;
 
 fn main() -> anyhow::Result<()> {
-    let mode = std::env::args().nth(1).unwrap_or_default();
-    match mode.as_str() {
-        "pause" => pause(),
+    let mut args = std::env::args_os().skip(1);
+    let mode = args.next().unwrap_or_default();
+    match mode.to_str().unwrap_or_default() {
+        "pause" => pause::pause(),
+        "run" => match (args.next(), args.next()) {
+            (Some(config), None) => std::process::exit(run::run(config.as_ref())),
+            _ => bail!("usage: berth-shim run <shim.json>"),
+        },
         "--version" | "version" => {
             println!("berth-shim {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        other => bail!("unknown mode {other:?}; usage: berth-shim pause"),
-    }
-}
-
-fn pause() -> anyhow::Result<()> {
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
-        signals.add(s);
-    }
-    // Blocked so they queue for sigwait instead of running default actions (PID 1 ignores
-    // default-action signals anyway, which would make it unkillable).
-    signals.thread_block().context("blocking signals")?;
-    loop {
-        match signals.wait().context("waiting for signals")? {
-            Signal::SIGCHLD => reap(),
-            _ => return Ok(()),
-        }
-    }
-}
-
-fn reap() {
-    loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(_) => continue,
+        other => {
+            bail!("unknown mode {other:?}; usage: berth-shim pause | berth-shim run <shim.json>")
         }
     }
 }

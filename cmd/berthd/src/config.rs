@@ -206,6 +206,18 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_parses_to_the_defaults() {
+        let c: Config = toml::from_str(include_str!("../../../manifests/config.toml")).unwrap();
+        let d = Config::default();
+        assert_eq!(c.root, d.root);
+        assert_eq!(c.runtime.default_handler, d.runtime.default_handler);
+        assert_eq!(
+            c.runtime.handlers(&c.state).unwrap(),
+            d.runtime.handlers(&d.state).unwrap()
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<Config>("roots = \"/x\"").is_err());
     }

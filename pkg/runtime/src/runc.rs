@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -141,6 +142,14 @@ impl Handler {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // SAFETY: the closure runs between fork and exec and makes only raw rt_sigaction
+        // syscalls, which are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                berth_sys::process::reset_ignored_signals();
+                Ok(())
+            });
+        }
         let mut child = cmd.spawn().map_err(|e| Error::io("run", &self.path, e))?;
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             let _ = child.kill();

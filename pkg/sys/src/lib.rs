@@ -5,6 +5,7 @@
 mod error;
 pub mod mount;
 pub mod ns;
+pub mod process;
 pub mod root;
 
 pub use error::{Error, Result};

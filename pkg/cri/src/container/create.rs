@@ -174,6 +174,10 @@ fn acquire(
         .map_err(|e| Status::invalid_argument(format!("working_dir: {e}")))?;
     let volumes = image_volumes(&rootfs_dir, &paths.volumes(), defaults, req)?;
 
+    let mut container = req.spec.clone();
+    for (i, m) in container.mounts.iter_mut().enumerate() {
+        m.host_path = host_mount_source(i, &m.host_path)?;
+    }
     let ctx = pod_context(pod, pid_ns, &rec.cgroups_path);
     // Only a privileged container sees the host's devices; /dev is read now, not at startup,
     // because it changes while berthd runs.
@@ -187,7 +191,7 @@ fn acquire(
         mgr.node()
     };
     let oci = spec::build_spec(&SpecInput {
-        container: &req.spec,
+        container: &container,
         image: defaults,
         pod: &ctx,
         user: &rec.user,
@@ -230,6 +234,31 @@ fn acquire(
     rec.pid = spawned.pid;
     rec.shim_pid = spawned.shim_pid;
     Ok(())
+}
+
+/// The host side of a bind mount as runc gets it: created as a directory when missing and
+/// symlinks resolved on the host, as containerd does (a hostPath volume's directory may not
+/// exist yet on a fresh node).
+fn host_mount_source(i: usize, path: &Path) -> Result<PathBuf, Status> {
+    let field = || format!("config.mounts[{i}].host_path");
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path).map_err(|e| {
+                Status::invalid_argument(format!("{}: creating {}: {e}", field(), path.display()))
+            })?;
+        }
+        Err(e) => {
+            return Err(Status::invalid_argument(format!(
+                "{}: {}: {e}",
+                field(),
+                path.display()
+            )))
+        }
+    }
+    std::fs::canonicalize(path).map_err(|e| {
+        Status::invalid_argument(format!("{}: resolving {}: {e}", field(), path.display()))
+    })
 }
 
 /// The image's `VOLUME`s as empty directories of the container's own storage, each mounted at

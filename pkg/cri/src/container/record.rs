@@ -208,17 +208,21 @@ impl ContainerRecord {
         })
     }
 
+    /// The identity the process starts with. `supplemental_groups` lists every group the
+    /// process holds, the primary one included, sorted — what `id -G` shows inside and what
+    /// kubelet compares with the pod's request.
     pub fn cri_user(&self) -> v1::ContainerUser {
+        let mut groups: Vec<i64> = std::iter::once(self.user.gid)
+            .chain(self.user.additional_gids.iter().copied())
+            .map(i64::from)
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
         v1::ContainerUser {
             linux: Some(v1::LinuxContainerUser {
                 uid: i64::from(self.user.uid),
                 gid: i64::from(self.user.gid),
-                supplemental_groups: self
-                    .user
-                    .additional_gids
-                    .iter()
-                    .map(|g| i64::from(*g))
-                    .collect(),
+                supplemental_groups: groups,
             }),
         }
     }
