@@ -577,6 +577,26 @@ impl Drop for Daemon {
     }
 }
 
+/// Removes a test daemon's bridge and nftables table when dropped, also when the test failed.
+pub struct NetGuard {
+    pub bridge: &'static str,
+    pub table: &'static str,
+}
+
+impl Drop for NetGuard {
+    fn drop(&mut self) {
+        for args in [
+            &["ip", "link", "del", self.bridge][..],
+            &["nft", "delete", "table", "ip", self.table],
+        ] {
+            let _ = Command::new(args[0])
+                .args(&args[1..])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 /// PIDs of `berth-shim` processes whose command line names a path under `dir`.
 pub fn shims_under(dir: &Path) -> Vec<i32> {
     let needle = dir.display().to_string();

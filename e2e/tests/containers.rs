@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
@@ -18,23 +18,6 @@ use tonic::Code;
 const BRIDGE: &str = "be2ec0";
 const TABLE: &str = "berth_e2ec";
 const SUBNET: &str = "10.232.0.0/16";
-
-/// Removes the test bridge and nftables table, also on panic.
-struct NetGuard;
-
-impl Drop for NetGuard {
-    fn drop(&mut self) {
-        for args in [
-            &["ip", "link", "del", BRIDGE][..],
-            &["nft", "delete", "table", "ip", TABLE],
-        ] {
-            let _ = Command::new(args[0])
-                .args(&args[1..])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
 
 /// Tests share the bridge and table names, so they take turns.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -65,7 +48,10 @@ async fn start() -> Option<Env> {
 async fn start_with(extra_config: &str) -> Option<Env> {
     let img = prerequisites()?;
     let serial = SERIAL.lock().await;
-    let net = NetGuard;
+    let net = NetGuard {
+        bridge: BRIDGE,
+        table: TABLE,
+    };
     let d = Daemon::start(opts(extra_config)).await.expect("berthd");
     let rt = d.runtime().await.expect("runtime client");
     let logs = tempfile::Builder::new()
@@ -257,6 +243,23 @@ impl Env {
         let id = self.create_ok(pod, pod_config, config).await;
         self.start_ctr(&id).await;
         id
+    }
+
+    /// Runs the container to its end and returns its stdout lines (from the CRI log).
+    async fn stdout_of(
+        &mut self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> Vec<String> {
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let id = self.run_ctr(pod, pod_config, config).await;
+        self.wait_exit(&id, Duration::from_secs(20)).await;
+        joined(&self.read_log(pod_config, &name), "stdout")
     }
 
     async fn status(&mut self, id: &str) -> (cri::ContainerStatus, serde_json::Value) {
@@ -572,13 +575,7 @@ async fn entrypoint_cmd_command_and_args_combine_as_kubelet_expects() {
     for (name, command, args, want) in cases {
         let mut c = container(name, &entry, &command);
         c.args = args.iter().map(|s| s.to_string()).collect();
-        let id = e.run_ctr(&pod, &pc, c).await;
-        e.wait_exit(&id, Duration::from_secs(20)).await;
-        assert_eq!(
-            joined(&e.read_log(&pc, name), "stdout"),
-            vec![want],
-            "{name}"
-        );
+        assert_eq!(e.stdout_of(&pod, &pc, c).await, vec![want], "{name}");
     }
     // Environment: image first, the request's value wins, PATH from the image; the image's
     // WorkingDir is created; the image VOLUME is a mount of its own.
@@ -798,21 +795,13 @@ async fn layered_image_whiteouts_and_opaque_dirs_are_visible_as_such() {
     let bb = e.img.get("BUSYBOX_REF");
     e.pull(&bb).await;
     let (pod, pc) = e.pod("layers").await;
-    let id = e
-        .run_ctr(
-            &pod,
-            &pc,
-            sh(
-                "ls",
-                &bb,
-                "ls /data/old; test -e /etc/removed-me && echo still-there; exit 0",
-            ),
-        )
-        .await;
-    e.wait_exit(&id, Duration::from_secs(20)).await;
+    let script = "ls /data/old; test -e /etc/removed-me && echo still-there; exit 0";
     // Layer 2 wrote /data/old/{a,b} and /etc/removed-me; layer 3 made /data/old opaque (with
     // `new`) and whited out /etc/removed-me.
-    assert_eq!(joined(&e.read_log(&pc, "ls"), "stdout"), vec!["new"]);
+    assert_eq!(
+        e.stdout_of(&pod, &pc, sh("ls", &bb, script)).await,
+        vec!["new"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,23 +21,6 @@ const TABLE: &str = "berth_e2e";
 const SUBNET: &str = "10.231.0.0/16";
 const GATEWAY: &str = "10.231.0.1";
 
-/// Removes the test bridge, nftables table and any leftover veths, also on panic.
-struct NetGuard;
-
-impl Drop for NetGuard {
-    fn drop(&mut self) {
-        for args in [
-            &["ip", "link", "del", BRIDGE][..],
-            &["nft", "delete", "table", "ip", TABLE],
-        ] {
-            let _ = Command::new(args[0])
-                .args(&args[1..])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
 fn have_root() -> bool {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIP: pod e2e tests need root");
@@ -87,7 +70,10 @@ async fn start_with(prepare_cni: impl FnOnce(&Path)) -> Option<Pods> {
         return None;
     }
     let serial = SERIAL.lock().await;
-    let net = NetGuard;
+    let net = NetGuard {
+        bridge: BRIDGE,
+        table: TABLE,
+    };
     let cni = tempfile::tempdir().expect("cni dir");
     prepare_cni(cni.path());
     let daemon = Daemon::start(opts(cni.path())).await.expect("berthd");

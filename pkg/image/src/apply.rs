@@ -30,7 +30,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 
 use berth_core::{Digest, Sha256Writer};
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use berth_sys::root::open_in_root;
+use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
@@ -237,24 +238,6 @@ fn open_dir(dest: &Path) -> Result<OwnedFd, ImageError> {
     .map_err(|e| ImageError::io("open", dest, e.into()))?;
     // SAFETY: `open` just returned this descriptor and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Opens `path` (relative, normalised) as if `root` were `/`: `..` and absolute symlinks cannot
-/// climb out of it, and /proc magic links are refused.
-fn open_in_root(root: RawFd, path: &[u8], flags: OFlag) -> Result<OwnedFd, Errno> {
-    let how = OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    loop {
-        match nix::fcntl::openat2(root, path, how) {
-            // SAFETY: openat2 just returned this descriptor and nothing else owns it.
-            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
-            // RESOLVE_IN_ROOT answers EAGAIN when a concurrent rename could have made `..`
-            // resolution unsafe; retrying is the documented response.
-            Err(Errno::EAGAIN) | Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 fn openat_owned(dir: RawFd, name: &[u8], flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {

@@ -6,13 +6,8 @@
 //! absolute symlink `/etc/passwd -> /x` means the image's `/x`, never the node's, and `..`
 //! cannot climb out. Each file is capped at [`MAX_DB_BYTES`].
 
-use std::fs::File;
-use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use nix::errno::Errno;
-use nix::fcntl::OFlag;
 
 use crate::spec::{GroupsPolicy, ResolvedUser, SecuritySpec};
 use crate::{Error, Result};
@@ -359,47 +354,15 @@ impl<'a> Db<'a> {
     }
 }
 
-/// Reads `path` inside `rootfs`: `None` when it is not there. Symlinks are followed, but only
-/// within the rootfs (RESOLVE_IN_ROOT): unlike `berth_sys::root::read_in_root`, which refuses a
-/// symlink as the last component, because images do ship `/etc/passwd` as a symlink.
+/// Reads `path` inside `rootfs` (never through a symlink out of it): `None` when it is not there.
 fn read_db(rootfs: &Path, path: &str) -> Result<Option<String>> {
-    let display = || rootfs.join(path.trim_start_matches('/'));
-    let root = berth_sys::root::open_root(rootfs)?;
-    // O_NONBLOCK: a FIFO planted at the path must not hang the open; it is refused below.
-    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
-    let fd = match berth_sys::root::open_in_root(root.as_raw_fd(), path.as_bytes(), flags) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(None),
-        Err(e) => return Err(Error::io("open", display(), e)),
-    };
-    let file = File::from(fd);
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io("stat", display(), e))?;
-    let field = format!("image {path}");
-    if !meta.is_file() {
-        return Err(Error::invalid(field, "is not a regular file"));
+    match berth_sys::root::read_in_root(rootfs, path, MAX_DB_BYTES) {
+        Ok(data) => Ok(data.map(|d| String::from_utf8_lossy(&d).into_owned())),
+        Err(berth_sys::Error::InvalidArgument { reason, .. }) => {
+            Err(Error::invalid(format!("image {path}"), reason))
+        }
+        Err(e) => Err(e.into()),
     }
-    if meta.len() > MAX_DB_BYTES {
-        return Err(Error::invalid(
-            field,
-            format!(
-                "is {} bytes, more than the {MAX_DB_BYTES} berth reads",
-                meta.len()
-            ),
-        ));
-    }
-    let mut data = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_DB_BYTES + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| Error::io("read", display(), e))?;
-    if data.len() as u64 > MAX_DB_BYTES {
-        return Err(Error::invalid(
-            field,
-            format!("grew past the {MAX_DB_BYTES} bytes berth reads"),
-        ));
-    }
-    Ok(Some(String::from_utf8_lossy(&data).into_owned()))
 }
 
 #[cfg(test)]

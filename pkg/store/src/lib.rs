@@ -102,17 +102,14 @@ impl Store {
             .join(format!("{key}.json")))
     }
 
+    /// Writes the record durably: a crash at any moment leaves the old or the new one.
     pub fn put<T: Serialize>(
         &self,
         bucket: Bucket,
         key: &str,
         value: &T,
     ) -> Result<(), StoreError> {
-        let path = self.path(bucket, key)?;
-        let data = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Corrupt {
-            path: path.clone(),
-            source,
-        })?;
+        let (path, data) = self.encode(bucket, key, value)?;
         atomic_write(&path, &data).map_err(|source| StoreError::Io { path, source })
     }
 
@@ -125,13 +122,23 @@ impl Store {
         key: &str,
         value: &T,
     ) -> Result<(), StoreError> {
+        let (path, data) = self.encode(bucket, key, value)?;
+        berth_core::replace_file_volatile(&path, &data)
+            .map_err(|source| StoreError::Io { path, source })
+    }
+
+    fn encode<T: Serialize>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: &T,
+    ) -> Result<(PathBuf, Vec<u8>), StoreError> {
         let path = self.path(bucket, key)?;
         let data = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Corrupt {
             path: path.clone(),
             source,
         })?;
-        berth_core::replace_file_volatile(&path, &data)
-            .map_err(|source| StoreError::Io { path, source })
+        Ok((path, data))
     }
 
     pub fn get<T: DeserializeOwned>(

@@ -47,28 +47,22 @@ pub fn open_in_root(root: RawFd, path: &[u8], flags: OFlag) -> std::result::Resu
 }
 
 /// Reads the regular file `path` inside `root`, at most `max` bytes. `Ok(None)` when it does not
-/// exist; a file larger than `max` or not a regular file is an error naming it.
+/// exist; a file larger than `max` or not a regular file is an error naming it. Symlinks are
+/// followed, but only within the root (images do ship `/etc/passwd` as a symlink).
 pub fn read_in_root(root: &Path, path: &str, max: u64) -> Result<Option<Vec<u8>>> {
     let dir = open_root(root)?;
     let display = || root.join(path.trim_start_matches('/'));
-    let fd = match open_in_root(
-        dir.as_raw_fd(),
-        path.as_bytes(),
-        OFlag::O_RDONLY | OFlag::O_NOFOLLOW,
-    ) {
+    // O_NONBLOCK: a FIFO planted at the path must not hang the open; it is refused below.
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+    let fd = match open_in_root(dir.as_raw_fd(), path.as_bytes(), flags) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(None),
         Err(e) => return Err(Error::io("open", display(), e)),
     };
     let file = File::from(fd);
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io("stat", display(), e))?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", display(), e))?;
     if !meta.is_file() {
-        return Err(Error::invalid(
-            path.to_string(),
-            "is not a regular file in the image",
-        ));
+        return Err(Error::invalid(path.to_string(), "is not a regular file"));
     }
     if meta.len() > max {
         return Err(Error::invalid(

@@ -71,6 +71,22 @@ pub fn start(mgr: &ContainerManager, id: &str) -> Result<(), Status> {
 /// gone. Unknown, created-but-never-started and exited containers are left as they are (kubelet
 /// retries stops, and a created container only ends through RemoveContainer).
 pub fn stop(mgr: &ContainerManager, id: &str, timeout: Duration) -> Result<(), Status> {
+    if_known(mgr, id, |rec| {
+        if rec.state != ContainerState::Running {
+            return Ok(());
+        }
+        kill_and_wait(mgr, &rec, rec.stop_signal, timeout)
+    })
+}
+
+/// Runs `f` under the container's operation lock with its record as it is once the lock is
+/// held. A container that is unknown, or gone by then, is success: kubelet retries stops and
+/// removes, so both must be idempotent.
+fn if_known(
+    mgr: &ContainerManager,
+    id: &str,
+    f: impl FnOnce(ContainerRecord) -> Result<(), Status>,
+) -> Result<(), Status> {
     let rec = match mgr.get(id) {
         Ok(r) => r,
         Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
@@ -78,13 +94,10 @@ pub fn stop(mgr: &ContainerManager, id: &str, timeout: Duration) -> Result<(), S
     };
     let guard = mgr.op_lock(&rec.id);
     let _held = lock(&guard);
-    let Ok(rec) = mgr.get(&rec.id) else {
-        return Ok(());
-    };
-    if rec.state != ContainerState::Running {
-        return Ok(());
+    match mgr.get(&rec.id) {
+        Ok(rec) => f(rec),
+        Err(_) => Ok(()),
     }
-    kill_and_wait(mgr, &rec, rec.stop_signal, timeout)
 }
 
 /// Ends the container's process through its shim (which escalates to SIGKILL itself) and
@@ -154,25 +167,17 @@ pub(crate) fn settle_without_shim(mgr: &ContainerManager, rec: &ContainerRecord)
 /// Removes the container, killing it first if it still runs (or was never started). Unknown
 /// containers are not an error.
 pub fn remove(mgr: &ContainerManager, id: &str) -> Result<(), Status> {
-    let rec = match mgr.get(id) {
-        Ok(r) => r,
-        Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
-        Err(s) => return Err(s),
-    };
-    let guard = mgr.op_lock(&rec.id);
-    let _held = lock(&guard);
-    let Ok(rec) = mgr.get(&rec.id) else {
-        return Ok(());
-    };
-    if matches!(rec.state, ContainerState::Created | ContainerState::Running) {
-        kill_and_wait(mgr, &rec, libc::SIGKILL, Duration::ZERO)?;
-    }
-    let rec = mgr.get(&rec.id)?;
-    // The CRI log stays: kubelet owns log files and removes them with the pod.
-    teardown(mgr, &rec);
-    mgr.forget(&rec)?;
-    tracing::info!(container = %rec.id, name = %name_key(&rec.pod_id, &rec.meta), "removed container");
-    Ok(())
+    if_known(mgr, id, |rec| {
+        if matches!(rec.state, ContainerState::Created | ContainerState::Running) {
+            kill_and_wait(mgr, &rec, libc::SIGKILL, Duration::ZERO)?;
+        }
+        let rec = mgr.get(&rec.id)?;
+        // The CRI log stays: kubelet owns log files and removes them with the pod.
+        teardown(mgr, &rec);
+        mgr.forget(&rec)?;
+        tracing::info!(container = %rec.id, name = %name_key(&rec.pod_id, &rec.meta), "removed container");
+        Ok(())
+    })
 }
 
 /// Releases everything a container holds, by the paths derived from its ID (so it also cleans
