@@ -55,6 +55,12 @@ impl Handler {
         cmd
     }
 
+    /// Whether the runtime still keeps state for `id` (its `<root>/<id>` directory, which runc
+    /// creates first and removes last).
+    pub fn knows(&self, id: &str) -> bool {
+        !id.is_empty() && !id.contains('/') && self.root.join(id).exists()
+    }
+
     /// `runc delete --force`: kills what is left and removes the runtime's state and cgroup.
     /// A container the runtime does not know is already deleted.
     pub fn delete_force(&self, id: &str) -> Result<()> {

@@ -187,8 +187,12 @@ pub fn remove(mgr: &ContainerManager, id: &str) -> Result<(), Status> {
 pub(crate) fn teardown(mgr: &ContainerManager, rec: &ContainerRecord) {
     let paths = &rec.paths;
     if let Ok(h) = mgr.handler(&rec.handler) {
-        if let Err(e) = h.delete_force(&rec.id) {
-            tracing::warn!(container = %rec.id, error = %e, "runtime delete");
+        // A shim that recorded an exit has run `runc delete` itself; a process spawn saved is
+        // a third of RemoveContainer.
+        if h.knows(&rec.id) {
+            if let Err(e) = h.delete_force(&rec.id) {
+                tracing::warn!(container = %rec.id, error = %e, "runtime delete");
+            }
         }
     }
     if let Err(e) = rootfs::unmount_all(&paths.rootfs()) {
