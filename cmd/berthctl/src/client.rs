@@ -19,7 +19,8 @@ pub(crate) const DEFAULT_ENDPOINT: &str = "unix:///run/berth/berth.sock";
 /// Deadline of ordinary calls when `--timeout` is not given (crictl's default).
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Flags every subcommand accepts, named as crictl names them.
+/// crictl's global flags. Like crictl's they go before the subcommand: several subcommands
+/// give `-t`, `-i` and `-r` other meanings (`stop -t`, `exec -i -t -r`, `run -r`, `ps -r`).
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct GlobalOpts {
     /// Container runtime endpoint (unix:///path or /path)
@@ -27,18 +28,17 @@ pub(crate) struct GlobalOpts {
         short = 'r',
         long,
         env = "CONTAINER_RUNTIME_ENDPOINT",
-        default_value = DEFAULT_ENDPOINT,
-        global = true
+        default_value = DEFAULT_ENDPOINT
     )]
     pub runtime_endpoint: String,
     /// Image service endpoint; defaults to the runtime endpoint
-    #[arg(short = 'i', long, env = "IMAGE_SERVICE_ENDPOINT", global = true)]
+    #[arg(short = 'i', long, env = "IMAGE_SERVICE_ENDPOINT")]
     pub image_endpoint: Option<String>,
     /// Timeout of calls, e.g. 2s, 1m (default 2s; pulls have none unless given)
-    #[arg(short = 't', long, value_parser = parse_duration, global = true)]
+    #[arg(short = 't', long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// Print requests and responses to stderr
-    #[arg(short = 'D', long, global = true)]
+    #[arg(short = 'D', long)]
     pub debug: bool,
 }
 

@@ -3,6 +3,8 @@
 
 mod client;
 mod commands;
+mod containerconfig;
+mod crilog;
 mod duration;
 mod output;
 mod podconfig;
@@ -49,6 +51,24 @@ enum Command {
     Stopp(commands::stopp::Args),
     /// Remove one or more pods
     Rmp(commands::rmp::Args),
+    /// Create a new container
+    Create(commands::create::Args),
+    /// Start one or more created containers
+    Start(commands::start::Args),
+    /// Stop one or more running containers
+    Stop(commands::stop::Args),
+    /// Remove one or more containers
+    Rm(commands::rm::Args),
+    /// List containers
+    Ps(commands::ps::Args),
+    /// Display the status of one or more containers
+    Inspect(commands::inspect::Args),
+    /// Fetch the logs of a container
+    Logs(commands::logs::Args),
+    /// Run a command in a running container
+    Exec(commands::exec::Args),
+    /// Run a new container inside a sandbox
+    Run(commands::run::Args),
     /// List pods
     Pods(commands::pods::Args),
     /// Display the status of one or more pods
@@ -74,6 +94,15 @@ async fn main() -> ExitCode {
         Command::Runp(a) => commands::runp::run(g, a).await,
         Command::Stopp(a) => commands::stopp::run(g, a).await,
         Command::Rmp(a) => commands::rmp::run(g, a).await,
+        Command::Create(a) => commands::create::run(g, a).await,
+        Command::Start(a) => commands::start::run(g, a).await,
+        Command::Stop(a) => commands::stop::run(g, a).await,
+        Command::Rm(a) => commands::rm::run(g, a).await,
+        Command::Ps(a) => commands::ps::run(g, a).await,
+        Command::Inspect(a) => commands::inspect::run(g, a).await,
+        Command::Logs(a) => commands::logs::run(g, a).await,
+        Command::Exec(a) => commands::exec::run(g, a).await,
+        Command::Run(a) => commands::run::run(g, a).await,
         Command::Pods(a) => commands::pods::run(g, a).await,
         Command::Inspectp(a) => commands::inspectp::run(g, a).await,
         Command::Netns(a) => commands::netns::run(g, a).await,
@@ -81,6 +110,11 @@ async fn main() -> ExitCode {
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<commands::ExitStatus>().is_some() => {
+            let code = e.downcast_ref::<commands::ExitStatus>().map_or(1, |s| s.0);
+            // exit statuses are 0..=255; a runtime's other codes still mean failure
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
         Err(e) => {
             eprintln!("berthctl: {e:#}");
             ExitCode::FAILURE

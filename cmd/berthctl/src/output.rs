@@ -89,6 +89,18 @@ pub(crate) fn camelize(v: Value) -> Value {
     }
 }
 
+/// Removes null members of objects, recursively: protojson leaves unset messages out.
+pub(crate) fn drop_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
 /// Serialises a CRI message as protobuf JSON would name it (camelCase fields).
 pub(crate) fn to_cri_json<T: Serialize>(msg: &T) -> Result<Value> {
     Ok(camelize(
@@ -96,8 +108,8 @@ pub(crate) fn to_cri_json<T: Serialize>(msg: &T) -> Result<Value> {
     ))
 }
 
-/// crictl's `outputStatusInfo`: `{"status": ...}` plus each info entry, parsed as JSON when it
-/// is JSON and kept as a string otherwise.
+/// crictl's `outputStatusData`: `{"status": ...}` plus each info entry, parsed as JSON when it
+/// is a JSON object and kept as a string (without surrounding quotes) otherwise.
 pub(crate) fn status_with_info(
     status: Option<Value>,
     extra: Vec<(&str, Value)>,
@@ -111,10 +123,109 @@ pub(crate) fn status_with_info(
         out.insert(k.to_string(), v);
     }
     for (k, v) in info {
-        let parsed = serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.clone()));
+        let parsed = v
+            .starts_with('{')
+            .then(|| serde_json::from_str::<Value>(v).ok())
+            .flatten()
+            .unwrap_or_else(|| Value::String(v.trim_matches('"').to_string()));
         out.insert(k.clone(), parsed);
     }
     Value::Object(out)
+}
+
+/// JSON as Go's `json.Marshal` + `json.Indent` write it, as crictl's status commands print:
+/// two-space indent and `<`, `>`, `&`, U+2028, U+2029 escaped. Those characters can only be
+/// inside strings, so replacing them in the rendered text is exact.
+pub(crate) fn go_json(v: &Value) -> Result<String> {
+    let s = serde_json::to_string_pretty(v).context("encode json")?;
+    let mut out = String::with_capacity(s.len() + 1);
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out.push('\n');
+    Ok(out)
+}
+
+/// Go's `%v` of a decoded JSON value, as text/template prints one: `map[k:v]`, `[a b]`.
+fn go_value(v: &Value) -> String {
+    match v {
+        Value::Null => "<nil>".to_string(),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(go_value).collect();
+            format!("[{}]", items.join(" "))
+        }
+        // serde_json's map is sorted, as Go prints maps
+        Value::Object(m) => {
+            let items: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{k}:{}", go_value(v)))
+                .collect();
+            format!("map[{}]", items.join(" "))
+        }
+    }
+}
+
+/// The value at `.a.b.c` (`.` itself for `.`); a missing key is an error, as crictl runs
+/// templates with `missingkey=error`.
+fn template_field<'a>(data: &'a Value, path: &str) -> Result<&'a Value> {
+    let mut v = data;
+    for key in path.split('.').filter(|k| !k.is_empty()) {
+        v = v
+            .as_object()
+            .and_then(|m| m.get(key))
+            .ok_or_else(|| anyhow::anyhow!("map has no entry for key {key:?}"))?;
+    }
+    Ok(v)
+}
+
+/// The part of Go's text/template that crictl's `--template` is used with: text, `{{.path}}`,
+/// and the functions `json`, `lower` and `upper` applied to one path. Anything else is refused.
+pub(crate) fn go_template(tmpl: &str, data: &Value) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = tmpl;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| anyhow::anyhow!("template: unclosed action"))?;
+        let action = after[..end].trim_matches('-').trim();
+        let words: Vec<&str> = action.split_whitespace().collect();
+        let text = match words.as_slice() {
+            [path] if path.starts_with('.') => go_value(template_field(data, path)?),
+            [func, path] if path.starts_with('.') => {
+                let v = template_field(data, path)?;
+                match *func {
+                    "json" => {
+                        let mut s = serde_json::to_string(v).context("encode json")?;
+                        s.push('\n');
+                        s
+                    }
+                    "lower" => go_value(v).to_lowercase(),
+                    "upper" => go_value(v).to_uppercase(),
+                    other => anyhow::bail!("template: function {other:?} is not supported"),
+                }
+            }
+            _ => anyhow::bail!(
+                "template: {{{{{action}}}}} is not supported (only {{{{.path}}}}, {{{{json .path}}}}, \
+                 {{{{lower .path}}}}, {{{{upper .path}}}})"
+            ),
+        };
+        out.push_str(&text);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 pub(crate) fn render(v: &Value, format: Format) -> Result<String> {
@@ -290,6 +401,61 @@ mod tests {
             v,
             json!({"status": {"id": "x"}, "info": {"chainID": "sha256:1"}, "plain": "not json"})
         );
+    }
+
+    #[test]
+    fn nulls_are_dropped_at_every_depth() {
+        let mut v = json!({"a": null, "b": {"c": null, "d": [{"e": null, "f": 1}]}, "g": [null]});
+        drop_nulls(&mut v);
+        assert_eq!(v, json!({"b": {"d": [{"f": 1}]}, "g": [null]}));
+    }
+
+    #[test]
+    fn info_values_follow_crictl_rules() {
+        let info = HashMap::from([
+            ("quoted".to_string(), r#""runc""#.to_string()),
+            ("number".to_string(), "42".to_string()),
+            ("broken".to_string(), "{not json".to_string()),
+        ]);
+        let v = status_with_info(None, vec![], &info);
+        assert_eq!(
+            v,
+            json!({"quoted": "runc", "number": "42", "broken": "{not json"})
+        );
+    }
+
+    #[test]
+    fn go_json_escapes_like_go() {
+        let v = json!({"cmd": "a > b && c < d", "n": 1});
+        assert_eq!(
+            go_json(&v).unwrap(),
+            "{\n  \"cmd\": \"a \\u003e b \\u0026\\u0026 c \\u003c d\",\n  \"n\": 1\n}\n"
+        );
+    }
+
+    #[test]
+    fn templates_print_fields_like_go() {
+        let v = json!({"status": {"id": "abc", "state": "CONTAINER_RUNNING", "exitCode": 0,
+            "labels": {"b": "2", "a": "1"}, "args": ["x", "y"]}, "info": {"pid": 7}});
+        let t = |s: &str| go_template(s, &v).map_err(|e| e.to_string());
+        assert_eq!(
+            t("{{.status.id}} {{ .info.pid }}\n"),
+            Ok("abc 7\n".to_string())
+        );
+        assert_eq!(t("{{.status.labels}}"), Ok("map[a:1 b:2]".to_string()));
+        assert_eq!(t("{{.status.args}}"), Ok("[x y]".to_string()));
+        assert_eq!(
+            t("{{lower .status.state}}"),
+            Ok("container_running".to_string())
+        );
+        assert_eq!(
+            t("{{json .status.labels}}"),
+            Ok("{\"a\":\"1\",\"b\":\"2\"}\n".to_string())
+        );
+        assert_eq!(t("plain"), Ok("plain".to_string()));
+        assert!(t("{{.status.nope}}").is_err());
+        assert!(t("{{range .status.args}}x{{end}}").is_err());
+        assert!(t("{{.status.id").is_err());
     }
 
     #[test]

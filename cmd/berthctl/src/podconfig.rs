@@ -1,11 +1,15 @@
-//! crictl's pod config file (`runp`): the CRI `PodSandboxConfig` as JSON or YAML, with protobuf
-//! JSON field names in snake_case or camelCase and enums given by name or number.
+//! crictl's pod config file (`runp`, `create`, `run`): the CRI `PodSandboxConfig` as JSON or
+//! YAML, with protobuf JSON field names in snake_case or camelCase and enums given by name or
+//! number. The reading rules and the messages both config files have (security profiles,
+//! namespaces, resources) are here; `containerconfig.rs` builds on them.
 
 use std::collections::HashMap;
+use std::io::Read as _;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use k8s_cri::v1 as cri;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -36,22 +40,89 @@ impl Syntax {
 
 /// Reads and parses the pod config at `path`.
 pub(crate) fn load_pod_config(path: &Path) -> Result<cri::PodSandboxConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("read pod config {}", path.display()))?;
-    parse_pod_config(&text, Syntax::detect(path, &text))
-        .with_context(|| format!("load pod config {}", path.display()))
+    load_config(path, "pod config", parse_pod_config)
 }
 
 pub(crate) fn parse_pod_config(text: &str, syntax: Syntax) -> Result<cri::PodSandboxConfig> {
+    parse_object::<PodConfigFile>(text, syntax, "pod config")?.into_cri()
+}
+
+/// crictl's `loadPodSandboxConfig` for `create` and `run`: the pod config at `path`, which must
+/// name the pod and its namespace; a missing uid is made up.
+pub(crate) fn load_pod_config_checked(path: &Path) -> Result<cri::PodSandboxConfig> {
+    let mut c = load_pod_config(path)?;
+    let Some(m) = c.metadata.as_mut() else {
+        bail!("pod config {}: metadata is not set", path.display());
+    };
+    if m.name.is_empty() || m.namespace.is_empty() {
+        bail!(
+            "pod config {}: metadata.name or metadata.namespace is not set",
+            path.display()
+        );
+    }
+    if m.uid.is_empty() {
+        m.uid = random_uid()?;
+    }
+    Ok(c)
+}
+
+/// A random (version 4) UUID, as kubelet gives pods.
+pub(crate) fn random_uid() -> Result<String> {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("read /dev/urandom")?;
+    Ok(format_uuid(b))
+}
+
+fn format_uuid(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// Reads the config file at `path` and parses it with `parse`, errors naming the file.
+pub(crate) fn load_config<T>(
+    path: &Path,
+    what: &str,
+    parse: impl FnOnce(&str, Syntax) -> Result<T>,
+) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("read {what} {}", path.display()))?;
+    parse(&text, Syntax::detect(path, &text))
+        .with_context(|| format!("load {what} {}", path.display()))
+}
+
+/// Parses `text` as an object of protobuf JSON (either naming style) into `T`; a value of the
+/// wrong type is refused with its path, e.g. `linux.resources.cpu_shares: invalid type`.
+pub(crate) fn parse_object<T: DeserializeOwned>(
+    text: &str,
+    syntax: Syntax,
+    what: &str,
+) -> Result<T> {
     let v: Value = match syntax {
         Syntax::Json => serde_json::from_str(text).context("parse json")?,
         Syntax::Yaml => serde_yaml::from_str(text).context("parse yaml")?,
     };
     if !v.is_object() {
-        bail!("pod config must be an object");
+        bail!("{what} must be an object");
     }
-    let file: PodConfigFile = serde_json::from_value(snakify(v)).context("invalid pod config")?;
-    file.into_cri()
+    serde_path_to_error::deserialize(snakify(v)).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            anyhow!("invalid {what}: {}", e.into_inner())
+        } else {
+            anyhow!("invalid {what}: {path}: {}", e.into_inner())
+        }
+    })
 }
 
 /// `portMappings` → `port_mappings`, `hostIP` → `host_ip`; snake_case stays as it is.
@@ -102,7 +173,7 @@ fn snakify(v: Value) -> Value {
 /// A protobuf enum as protobuf JSON accepts it: its name or its number.
 #[derive(Deserialize, Debug, Clone)]
 #[serde(untagged)]
-enum EnumValue {
+pub(crate) enum EnumValue {
     Number(i32),
     Name(String),
 }
@@ -116,11 +187,11 @@ impl Default for EnumValue {
 const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP"];
 const NAMESPACE_MODES: &[&str] = &["POD", "CONTAINER", "NODE", "TARGET"];
 const PROFILE_TYPES: &[&str] = &["RuntimeDefault", "Unconfined", "Localhost"];
-const SUPPLEMENTAL_GROUPS_POLICIES: &[&str] = &["Merge", "Strict"];
+pub(crate) const SUPPLEMENTAL_GROUPS_POLICIES: &[&str] = &["Merge", "Strict"];
 
 impl EnumValue {
     /// The number of this value in an enum whose names, by number, are `names`.
-    fn resolve(&self, field: &str, names: &[&str]) -> Result<i32> {
+    pub(crate) fn resolve(&self, field: &str, names: &[&str]) -> Result<i32> {
         let found = match self {
             EnumValue::Number(n) => usize::try_from(*n).ok().filter(|&i| i < names.len()),
             EnumValue::Name(s) => names.iter().position(|n| n.eq_ignore_ascii_case(s.trim())),
@@ -208,7 +279,7 @@ struct SecurityContext {
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(default)]
-struct NamespaceOptions {
+pub(crate) struct NamespaceOptions {
     network: EnumValue,
     pid: EnumValue,
     ipc: EnumValue,
@@ -218,7 +289,7 @@ struct NamespaceOptions {
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(default)]
-struct UserNamespace {
+pub(crate) struct UserNamespace {
     mode: EnumValue,
     uids: Vec<IdMapping>,
     gids: Vec<IdMapping>,
@@ -226,7 +297,7 @@ struct UserNamespace {
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(default)]
-struct IdMapping {
+pub(crate) struct IdMapping {
     host_id: u32,
     container_id: u32,
     length: u32,
@@ -234,7 +305,7 @@ struct IdMapping {
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(default)]
-struct SeLinuxOptions {
+pub(crate) struct SeLinuxOptions {
     user: String,
     role: String,
     #[serde(rename = "type")]
@@ -245,21 +316,21 @@ struct SeLinuxOptions {
 /// protobuf's `Int64Value`: `{"value": 1000}`, or the bare number.
 #[derive(Deserialize, Debug)]
 #[serde(untagged)]
-enum Int64Value {
+pub(crate) enum Int64Value {
     Wrapped { value: i64 },
     Bare(i64),
 }
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(default)]
-struct SecurityProfile {
+pub(crate) struct SecurityProfile {
     profile_type: EnumValue,
     localhost_ref: String,
 }
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(default)]
-struct Resources {
+pub(crate) struct Resources {
     cpu_period: i64,
     cpu_quota: i64,
     cpu_shares: i64,
@@ -274,7 +345,7 @@ struct Resources {
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(default)]
-struct HugepageLimit {
+pub(crate) struct HugepageLimit {
     page_size: String,
     limit: u64,
 }
@@ -341,14 +412,9 @@ impl SecurityContext {
         Ok(cri::LinuxSandboxSecurityContext {
             namespace_options: self
                 .namespace_options
-                .map(NamespaceOptions::into_cri)
+                .map(|n| n.into_cri(&format!("{AT}.namespace_options")))
                 .transpose()?,
-            selinux_options: self.selinux_options.map(|s| cri::SeLinuxOption {
-                user: s.user,
-                role: s.role,
-                r#type: s.kind,
-                level: s.level,
-            }),
+            selinux_options: self.selinux_options.map(SeLinuxOptions::into_cri),
             run_as_user: self.run_as_user.map(Int64Value::into_cri),
             run_as_group: self.run_as_group.map(Int64Value::into_cri),
             readonly_rootfs: self.readonly_rootfs,
@@ -372,10 +438,10 @@ impl SecurityContext {
 }
 
 impl NamespaceOptions {
-    fn into_cri(self) -> Result<cri::NamespaceOption> {
-        const AT: &str = "linux.security_context.namespace_options";
+    /// `at`: where the options are in the file, for errors.
+    pub(crate) fn into_cri(self, at: &str) -> Result<cri::NamespaceOption> {
         let mode =
-            |v: &EnumValue, field: &str| v.resolve(&format!("{AT}.{field}"), NAMESPACE_MODES);
+            |v: &EnumValue, field: &str| v.resolve(&format!("{at}.{field}"), NAMESPACE_MODES);
         Ok(cri::NamespaceOption {
             network: mode(&self.network, "network")?,
             pid: mode(&self.pid, "pid")?,
@@ -393,8 +459,19 @@ impl NamespaceOptions {
     }
 }
 
+impl SeLinuxOptions {
+    pub(crate) fn into_cri(self) -> cri::SeLinuxOption {
+        cri::SeLinuxOption {
+            user: self.user,
+            role: self.role,
+            r#type: self.kind,
+            level: self.level,
+        }
+    }
+}
+
 impl IdMapping {
-    fn into_cri(self) -> cri::IdMapping {
+    pub(crate) fn into_cri(self) -> cri::IdMapping {
         cri::IdMapping {
             host_id: self.host_id,
             container_id: self.container_id,
@@ -404,7 +481,7 @@ impl IdMapping {
 }
 
 impl Int64Value {
-    fn into_cri(self) -> cri::Int64Value {
+    pub(crate) fn into_cri(self) -> cri::Int64Value {
         match self {
             Int64Value::Wrapped { value } | Int64Value::Bare(value) => cri::Int64Value { value },
         }
@@ -412,7 +489,7 @@ impl Int64Value {
 }
 
 impl SecurityProfile {
-    fn into_cri(self, at: &str) -> Result<cri::SecurityProfile> {
+    pub(crate) fn into_cri(self, at: &str) -> Result<cri::SecurityProfile> {
         Ok(cri::SecurityProfile {
             profile_type: self
                 .profile_type
@@ -423,7 +500,7 @@ impl SecurityProfile {
 }
 
 impl Resources {
-    fn into_cri(self) -> cri::LinuxContainerResources {
+    pub(crate) fn into_cri(self) -> cri::LinuxContainerResources {
         cri::LinuxContainerResources {
             cpu_period: self.cpu_period,
             cpu_quota: self.cpu_quota,
@@ -670,6 +747,45 @@ linux:
         check_full(&load_pod_config(&path).unwrap());
         let e = load_pod_config(&dir.path().join("missing.json")).unwrap_err();
         assert!(format!("{e:#}").contains("missing.json"), "{e:#}");
+    }
+
+    #[test]
+    fn uuids_are_version_4() {
+        let u = format_uuid([0xff; 16]);
+        assert_eq!(u, "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        let u = format_uuid([0; 16]);
+        assert_eq!(u, "00000000-0000-4000-8000-000000000000");
+    }
+
+    #[test]
+    fn checked_pod_configs_need_name_and_namespace_and_get_a_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pod.yaml");
+        std::fs::write(&path, "metadata: {name: p, namespace: default}\n").unwrap();
+        let uid = load_pod_config_checked(&path)
+            .unwrap()
+            .metadata
+            .unwrap()
+            .uid;
+        assert_eq!(uid.len(), 36, "{uid}");
+        std::fs::write(&path, "metadata: {name: p, namespace: d, uid: u1}\n").unwrap();
+        assert_eq!(
+            load_pod_config_checked(&path)
+                .unwrap()
+                .metadata
+                .unwrap()
+                .uid,
+            "u1"
+        );
+        for bad in [
+            "hostname: x\n",
+            "metadata: {name: p}\n",
+            "metadata: {namespace: d}\n",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            let e = load_pod_config_checked(&path).unwrap_err();
+            assert!(format!("{e:#}").contains("metadata"), "{bad}: {e:#}");
+        }
     }
 
     #[test]

@@ -29,8 +29,8 @@ use std::rc::Rc;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 
 use berth_core::{Digest, Sha256Writer};
-use nix::errno::Errno;
 use berth_sys::root::open_in_root;
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag};
 use nix::sys::time::TimeSpec;

@@ -8,7 +8,6 @@
 
 use std::path::Path;
 
-
 use crate::spec::{GroupsPolicy, ResolvedUser, SecuritySpec};
 use crate::{Error, Result};
 

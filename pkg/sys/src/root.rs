@@ -60,7 +60,9 @@ pub fn read_in_root(root: &Path, path: &str, max: u64) -> Result<Option<Vec<u8>>
         Err(e) => return Err(Error::io("open", display(), e)),
     };
     let file = File::from(fd);
-    let meta = file.metadata().map_err(|e| Error::io("stat", display(), e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("stat", display(), e))?;
     if !meta.is_file() {
         return Err(Error::invalid(path.to_string(), "is not a regular file"));
     }

@@ -1,21 +1,23 @@
 //! `berthctl bench pull`: cold-pull timings of one image on several CRI endpoints (and an
 //! optional shell baseline), in alternating order so neither side always goes first.
-//! `berthctl bench pods` lives in `bench_pods.rs`; the order, label and statistics helpers
-//! here are shared by both.
+//! `berthctl bench pods` and `bench containers` live in their own files; the schedule, label,
+//! statistics and summary helpers here are shared by all three.
 
 use std::io::Write as _;
 use std::os::fd::AsFd;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{PullImageRequest, RemoveImageRequest};
-use serde_json::json;
+use serde_json::{json, Map, Value};
 use tonic::transport::Channel;
 use tonic::Code;
 
-use super::{bench_pods, image_spec};
+use super::{bench_containers, bench_pods, image_spec};
 use crate::client::{self, GlobalOpts};
 use crate::duration::format_secs;
 use crate::output;
@@ -36,6 +38,9 @@ enum BenchCmd {
     /// Time RunPodSandbox and StopPodSandbox+RemovePodSandbox on each endpoint, one pod at a
     /// time and many in parallel
     Pods(bench_pods::PodsArgs),
+    /// Time CreateContainer+StartContainer and StopContainer+RemoveContainer on each endpoint
+    /// (and bare runc), one at a time and many in parallel; RSS of shims and daemons
+    Containers(bench_containers::ContainersArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -100,6 +105,7 @@ pub(crate) async fn run(g: &GlobalOpts, args: Args) -> Result<()> {
     match args.cmd {
         BenchCmd::Pull(a) => pull(g, a).await,
         BenchCmd::Pods(a) => bench_pods::run(g, a).await,
+        BenchCmd::Containers(a) => bench_containers::run(g, a).await,
     }
 }
 
@@ -167,6 +173,299 @@ pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
     let lo = pos.floor() as usize;
     let hi = pos.ceil() as usize;
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Untimed, first-use costs out of the way.
+    Warmup,
+    Sequential,
+    Parallel,
+}
+
+/// One turn of one participant: `round` counts from 0 within its phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Step {
+    pub phase: Phase,
+    pub round: usize,
+    pub participant: usize,
+}
+
+impl Step {
+    /// The `<run>` of the object names `bench-<run>-<i>`: `w0`, `0`, `p0`, unique per bench run.
+    pub(crate) fn run_name(&self) -> String {
+        match self.phase {
+            Phase::Warmup => format!("w{}", self.round),
+            Phase::Sequential => self.round.to_string(),
+            Phase::Parallel => format!("p{}", self.round),
+        }
+    }
+}
+
+/// Warm-up, then the sequential rounds, then the parallel rounds; within each round every
+/// participant takes one turn, forward on even rounds and reversed on odd ones.
+pub(crate) fn schedule(
+    participants: usize,
+    warmup: usize,
+    runs: usize,
+    parallel_runs: usize,
+) -> Vec<Step> {
+    [
+        (Phase::Warmup, warmup),
+        (Phase::Sequential, runs),
+        (Phase::Parallel, parallel_runs),
+    ]
+    .into_iter()
+    .flat_map(|(phase, rounds)| {
+        (0..rounds).flat_map(move |round| {
+            run_order(participants, round)
+                .into_iter()
+                .map(move |participant| Step {
+                    phase,
+                    round,
+                    participant,
+                })
+        })
+    })
+    .collect()
+}
+
+/// Labels of the participants in the order they went, per round of `phase`.
+pub(crate) fn orders(steps: &[Step], phase: Phase, labels: &[String]) -> Vec<Vec<String>> {
+    let mut out: Vec<Vec<String>> = Vec::new();
+    for s in steps.iter().filter(|s| s.phase == phase) {
+        if out.len() <= s.round {
+            out.resize(s.round + 1, Vec::new());
+        }
+        out[s.round].push(labels[s.participant].clone());
+    }
+    out
+}
+
+/// First ^C (or SIGTERM): sets `flag`, which stops the bench after the current step so that
+/// it can clean up. Second: exits at once.
+pub(crate) async fn watch_interrupts(flag: Arc<AtomicBool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    let got = tokio::select! {
+        r = tokio::signal::ctrl_c() => r.is_ok(),
+        r = term.recv() => r.is_some(),
+    };
+    if !got {
+        return;
+    }
+    eprintln!("interrupted: finishing the current step, then cleaning up (^C again: exit now)");
+    flag.store(true, Ordering::SeqCst);
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => std::process::exit(130),
+        _ = term.recv() => std::process::exit(143),
+    }
+}
+
+/// The successes of calls made at once, in order, and the first failure among them.
+pub(crate) fn split_results<T>(
+    results: impl IntoIterator<Item = Result<T>>,
+) -> (Vec<T>, Option<anyhow::Error>) {
+    let mut ok = Vec::new();
+    let mut failed = None;
+    for r in results {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    (ok, failed)
+}
+
+/// Milliseconds with one decimal below a second (most CRI calls take a few), else `format_secs`.
+pub(crate) fn format_ms(secs: f64) -> String {
+    if secs < 1.0 {
+        format!("{:.1}ms", secs * 1000.0)
+    } else {
+        format_secs(secs)
+    }
+}
+
+/// `b / a`, when both are known and `a` is not zero.
+pub(crate) fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if a > 0.0 => Some(b / a),
+        _ => None,
+    }
+}
+
+/// What the samples of a series are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unit {
+    Seconds,
+    /// Memory, in KiB as /proc shows it.
+    KiB,
+    Count,
+}
+
+impl Unit {
+    fn format(self, v: f64) -> String {
+        match self {
+            Unit::Seconds => format_ms(v),
+            Unit::KiB if v >= 10.0 * 1024.0 => format!("{:.1}MiB", v / 1024.0),
+            Unit::KiB => format!("{v:.0}KiB"),
+            Unit::Count => format!("{v:.0}"),
+        }
+    }
+
+    /// The suffix of the JSON keys of its values.
+    fn suffix(self) -> &'static str {
+        match self {
+            Unit::Seconds => "s",
+            Unit::KiB => "kib",
+            Unit::Count => "count",
+        }
+    }
+
+    /// The JSON key of the raw samples.
+    fn samples_key(self) -> &'static str {
+        match self {
+            Unit::Seconds => "times_s",
+            Unit::KiB => "samples_kib",
+            Unit::Count => "samples",
+        }
+    }
+}
+
+/// One metric of one participant.
+pub(crate) struct Series<'a> {
+    pub name: &'a str,
+    pub key: &'a str,
+    pub unit: Unit,
+    pub samples: &'a [f64],
+}
+
+/// The results of one participant; every participant of a bench lists the same metrics.
+pub(crate) struct Report<'a> {
+    pub label: &'a str,
+    pub endpoint: &'a str,
+    /// Why it has no results.
+    pub failed: Option<&'a str>,
+    pub series: Vec<Series<'a>>,
+}
+
+impl Report<'_> {
+    fn p50(&self, key: &str) -> Option<f64> {
+        self.series
+            .iter()
+            .find(|s| s.key == key)
+            .and_then(|s| stats(s.samples))
+            .map(|s| s.median)
+    }
+}
+
+/// The reference of the ratios: the first participant that did not fail.
+fn reference<'r, 'a>(reports: &'r [Report<'a>]) -> Option<&'r Report<'a>> {
+    reports.iter().find(|r| r.failed.is_none())
+}
+
+/// One table per participant (N, p50, p95, min, max of each metric), then, with several, the
+/// p50s side by side with their ratios to the reference.
+pub(crate) fn summary_tables(reports: &[Report<'_>]) -> String {
+    let dash = || "-".to_string();
+    let mut out = String::new();
+    for r in reports {
+        out.push_str(&format!("\n{} ({})\n", r.label, r.endpoint));
+        if let Some(why) = r.failed {
+            out.push_str(&format!("failed: {why}\n"));
+            continue;
+        }
+        let mut rows = vec![["METRIC", "N", "P50", "P95", "MIN", "MAX"]
+            .map(String::from)
+            .to_vec()];
+        for s in &r.series {
+            let st = stats(s.samples);
+            let f = |x: fn(&Stats) -> f64| st.as_ref().map_or_else(dash, |st| s.unit.format(x(st)));
+            rows.push(vec![
+                s.name.to_string(),
+                s.samples.len().to_string(),
+                f(|s| s.median),
+                f(|s| s.p95),
+                f(|s| s.min),
+                f(|s| s.max),
+            ]);
+        }
+        out.push_str(&output::format_table(&rows));
+    }
+    let Some(first) = reference(reports) else {
+        return out;
+    };
+    let others: Vec<&Report> = reports
+        .iter()
+        .filter(|r| !std::ptr::eq(*r, first))
+        .collect();
+    if others.is_empty() {
+        return out;
+    }
+    out.push_str(&format!("\np50, and ratios of p50s to {}\n", first.label));
+    let mut header = vec!["METRIC".to_string()];
+    header.extend(reports.iter().map(|r| r.label.to_string()));
+    header.extend(
+        others
+            .iter()
+            .map(|r| format!("{}/{}", r.label, first.label)),
+    );
+    let mut rows = vec![header];
+    for s in &first.series {
+        let mut row = vec![s.name.to_string()];
+        row.extend(
+            reports
+                .iter()
+                .map(|r| r.p50(s.key).map_or_else(dash, |v| s.unit.format(v))),
+        );
+        row.extend(others.iter().map(|r| {
+            ratio(first.p50(s.key), r.p50(s.key)).map_or_else(dash, |x| format!("{x:.2}"))
+        }));
+        rows.push(row);
+    }
+    out.push_str(&output::format_table(&rows));
+    out
+}
+
+/// The `results` of a bench's JSON: per participant its metrics (with the raw samples) and
+/// the ratios of their p50s to the reference's.
+pub(crate) fn summary_json(reports: &[Report<'_>]) -> Vec<Value> {
+    let first = reference(reports);
+    reports
+        .iter()
+        .map(|r| {
+            let mut metrics = Map::new();
+            let mut ratios = Map::new();
+            for s in &r.series {
+                let st = stats(s.samples);
+                let u = s.unit.suffix();
+                let mut m = Map::new();
+                m.insert("n".into(), json!(s.samples.len()));
+                m.insert(format!("p50_{u}"), json!(st.map(|s| s.median)));
+                m.insert(format!("p95_{u}"), json!(st.map(|s| s.p95)));
+                m.insert(format!("min_{u}"), json!(st.map(|s| s.min)));
+                m.insert(format!("max_{u}"), json!(st.map(|s| s.max)));
+                m.insert(s.unit.samples_key().into(), json!(s.samples));
+                metrics.insert(s.key.to_string(), Value::Object(m));
+                let x = first.and_then(|f| ratio(f.p50(s.key), st.map(|s| s.median)));
+                ratios.insert(s.key.to_string(), json!(x));
+            }
+            let mut v = json!({
+                "label": r.label,
+                "endpoint": r.endpoint,
+                "metrics": metrics,
+                "p50_ratio_to_reference": ratios,
+            });
+            if let (Some(why), Some(m)) = (r.failed, v.as_object_mut()) {
+                m.insert("error".into(), json!(why));
+            }
+            v
+        })
+        .collect()
 }
 
 /// Runs `cmd` with `sh -c`, its stdout sent to our stderr so that ours stays clean.
@@ -366,6 +665,163 @@ async fn timed_once(g: &GlobalOpts, a: &PullArgs, p: &mut Participant, run: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn turns(steps: &[Step], phase: Phase) -> Vec<(usize, usize)> {
+        steps
+            .iter()
+            .filter(|s| s.phase == phase)
+            .map(|s| (s.round, s.participant))
+            .collect()
+    }
+
+    #[test]
+    fn schedule_alternates_who_goes_first_in_every_phase() {
+        let steps = schedule(2, 1, 4, 3);
+        assert_eq!(steps.len(), 2 * (1 + 4 + 3));
+        assert_eq!(turns(&steps, Phase::Warmup), [(0, 0), (0, 1)]);
+        assert_eq!(
+            turns(&steps, Phase::Sequential),
+            [
+                (0, 0),
+                (0, 1),
+                (1, 1),
+                (1, 0),
+                (2, 0),
+                (2, 1),
+                (3, 1),
+                (3, 0)
+            ]
+        );
+        assert_eq!(
+            turns(&steps, Phase::Parallel),
+            [(0, 0), (0, 1), (1, 1), (1, 0), (2, 0), (2, 1)]
+        );
+        // phases never interleave: warm-up, then sequential, then parallel
+        let phases: Vec<Phase> = steps.iter().map(|s| s.phase).collect();
+        let mut sorted = phases.clone();
+        sorted.sort_by_key(|p| *p as u8);
+        assert_eq!(phases, sorted);
+    }
+
+    #[test]
+    fn schedule_gives_everyone_every_round_and_skips_empty_phases() {
+        let steps = schedule(3, 0, 20, 0);
+        assert_eq!(steps.len(), 60);
+        assert!(steps.iter().all(|s| s.phase == Phase::Sequential));
+        for round in 0..20 {
+            let mut who: Vec<usize> = steps
+                .iter()
+                .filter(|s| s.round == round)
+                .map(|s| s.participant)
+                .collect();
+            who.sort_unstable();
+            assert_eq!(who, [0, 1, 2], "round {round}");
+        }
+        // over an even number of rounds each participant goes first equally often
+        let firsts: Vec<usize> = steps.iter().step_by(3).map(|s| s.participant).collect();
+        assert_eq!(firsts.iter().filter(|&&p| p == 0).count(), 10);
+        assert_eq!(firsts.iter().filter(|&&p| p == 2).count(), 10);
+    }
+
+    #[test]
+    fn orders_list_labels_per_round() {
+        let labels = ["berth".to_string(), "containerd".to_string()];
+        let steps = schedule(2, 1, 2, 1);
+        assert_eq!(
+            orders(&steps, Phase::Sequential, &labels),
+            [["berth", "containerd"], ["containerd", "berth"]]
+        );
+        assert_eq!(
+            orders(&steps, Phase::Parallel, &labels),
+            [["berth", "containerd"]]
+        );
+    }
+
+    #[test]
+    fn parallel_results_keep_successes_and_the_first_failure() {
+        let (ok, failed) = split_results([
+            Ok(1),
+            Err(anyhow::anyhow!("a")),
+            Ok(3),
+            Err(anyhow::anyhow!("b")),
+        ]);
+        assert_eq!(ok, [1, 3]);
+        assert_eq!(failed.map(|e| e.to_string()).as_deref(), Some("a"));
+        let (ok, failed) = split_results::<u8>([]);
+        assert!(ok.is_empty() && failed.is_none());
+    }
+
+    #[test]
+    fn ratios_and_formatting() {
+        assert_eq!(ratio(Some(2.0), Some(5.0)), Some(2.5));
+        assert_eq!(ratio(Some(0.0), Some(5.0)), None);
+        assert_eq!(ratio(None, Some(5.0)), None);
+        assert_eq!(format_ms(0.0042), "4.2ms");
+        assert_eq!(format_ms(1.5), "1.500s");
+        assert_eq!(Unit::KiB.format(2048.0), "2048KiB");
+        assert_eq!(Unit::KiB.format(51200.0), "50.0MiB");
+    }
+
+    fn series<'a>(key: &'a str, unit: Unit, samples: &'a [f64]) -> Series<'a> {
+        Series {
+            name: key,
+            key,
+            unit,
+            samples,
+        }
+    }
+
+    #[test]
+    fn summaries_skip_failed_participants_in_ratios() {
+        let fast = [0.010, 0.020, 0.030];
+        let slow = [0.030, 0.060, 0.090];
+        let rss = [1024.0];
+        let reports = vec![
+            Report {
+                label: "berth",
+                endpoint: "/b.sock",
+                failed: Some("CreateContainer: unimplemented"),
+                series: vec![
+                    series("create", Unit::Seconds, &[]),
+                    series("rss", Unit::KiB, &[]),
+                ],
+            },
+            Report {
+                label: "containerd",
+                endpoint: "/c.sock",
+                failed: None,
+                series: vec![
+                    series("create", Unit::Seconds, &fast),
+                    series("rss", Unit::KiB, &rss),
+                ],
+            },
+            Report {
+                label: "runc",
+                endpoint: "runc",
+                failed: None,
+                series: vec![
+                    series("create", Unit::Seconds, &slow),
+                    series("rss", Unit::KiB, &[]),
+                ],
+            },
+        ];
+        let t = summary_tables(&reports);
+        assert!(
+            t.contains("berth (/b.sock)\nfailed: CreateContainer: unimplemented\n"),
+            "{t}"
+        );
+        assert!(t.contains("ratios of p50s to containerd"), "{t}");
+        let ratio_line = t
+            .lines()
+            .find(|l| l.starts_with("create ") && l.contains("3.00"));
+        assert!(ratio_line.is_some(), "{t}");
+        let j = summary_json(&reports);
+        assert_eq!(j[0]["error"], "CreateContainer: unimplemented");
+        assert_eq!(j[1]["metrics"]["create"]["p50_s"], json!(0.020));
+        assert_eq!(j[1]["metrics"]["rss"]["samples_kib"], json!([1024.0]));
+        assert_eq!(j[2]["p50_ratio_to_reference"]["create"], json!(3.0));
+        assert_eq!(j[2]["p50_ratio_to_reference"]["rss"], Value::Null);
+    }
 
     #[test]
     fn runs_alternate_order() {

@@ -111,7 +111,7 @@ fn cri_filter(args: &Args) -> Result<PodSandboxFilter> {
 }
 
 /// `--label k=v` flags as a label selector.
-fn parse_labels(labels: &[String]) -> Result<HashMap<String, String>> {
+pub(crate) fn parse_labels(labels: &[String]) -> Result<HashMap<String, String>> {
     labels
         .iter()
         .map(|l| {
@@ -123,6 +123,13 @@ fn parse_labels(labels: &[String]) -> Result<HashMap<String, String>> {
         .collect()
 }
 
+/// The regular expression of `--{flag}`; none when not given or empty (crictl matches all then).
+pub(crate) fn compile_regex(flag: &str, re: Option<&str>) -> Result<Option<Regex>> {
+    re.filter(|s| !s.is_empty())
+        .map(|s| Regex::new(s).with_context(|| format!("--{flag} {s:?}")))
+        .transpose()
+}
+
 /// The filters crictl applies itself: name and namespace regular expressions.
 struct LocalFilter {
     name: Option<Regex>,
@@ -131,14 +138,9 @@ struct LocalFilter {
 
 impl LocalFilter {
     fn new(name: Option<&str>, namespace: Option<&str>) -> Result<Self> {
-        let compile = |flag: &str, re: Option<&str>| {
-            re.filter(|s| !s.is_empty())
-                .map(|s| Regex::new(s).with_context(|| format!("--{flag} {s:?}")))
-                .transpose()
-        };
         Ok(Self {
-            name: compile("name", name)?,
-            namespace: compile("namespace", namespace)?,
+            name: compile_regex("name", name)?,
+            namespace: compile_regex("namespace", namespace)?,
         })
     }
 
@@ -332,14 +334,7 @@ mod tests {
     }
 
     fn args(extra: &[&str]) -> Args {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: Args,
-        }
-        let argv = std::iter::once("pods").chain(extra.iter().copied());
-        Cli::try_parse_from(argv).unwrap().args
+        crate::commands::parse_args(extra).unwrap()
     }
 
     #[test]
