@@ -577,6 +577,20 @@ impl Drop for Daemon {
     }
 }
 
+/// Calls `probe` until it finds nothing or five seconds have passed, and returns what it found
+/// last: the kernel frees some things (a namespace and the veth in it, a cgroup) a moment after
+/// their last user is gone.
+pub fn settled<T>(probe: impl Fn() -> Vec<T>) -> Vec<T> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = probe();
+        if found.is_empty() || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Removes a test daemon's bridge and nftables table when dropped, also when the test failed.
 pub struct NetGuard {
     pub bridge: &'static str,

@@ -374,14 +374,7 @@ impl Env {
     /// What containers left on the node: rootfs mounts, bundles, upper dirs, shims, runc state,
     /// container cgroups, sockets, exit files.
     fn leftovers(&self) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let found = self.leftovers_now();
-            if found.is_empty() || Instant::now() > deadline {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        settled(|| self.leftovers_now())
     }
 
     fn leftovers_now(&self) -> Vec<String> {
@@ -661,6 +654,25 @@ async fn exit_codes_zero_one_and_137_with_sigkill_after_the_timeout() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     let (st, _) = e.status(&quick).await;
     assert_eq!(st.exit_code, 143);
+
+    // Stopped before its handler is set up: the kernel drops a PID 1's unhandled SIGTERM, so
+    // the shim sends it again once the handler shows, long before the SIGKILL grace runs out.
+    let late = e
+        .run_ctr(
+            &pod,
+            &pc,
+            sh(
+                "late",
+                &bb,
+                "usleep 300000; trap 'exit 42' TERM; while :; do usleep 20000; done",
+            ),
+        )
+        .await;
+    let t = Instant::now();
+    e.stop_ctr(&late, 20).await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let (st, _) = e.status(&late).await;
+    assert_eq!(st.exit_code, 42);
     e.remove_pod(&pod).await;
     assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
 }

@@ -208,14 +208,7 @@ impl Pods {
     /// What pods left on the node. The kernel frees a namespace (and the veth inside it)
     /// asynchronously after its last reference goes, so this waits a little for that.
     fn leftovers(&self) -> Vec<String> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let found = self.leftovers_now();
-            if found.is_empty() || std::time::Instant::now() > deadline {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        settled(|| self.leftovers_now())
     }
 
     /// What a pod leaves on the node: veths on our bridge, pinned namespaces, leases, rules.

@@ -45,6 +45,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNS: usize = 64;
 /// How long a reply may take to write before the client is given up.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a stopping init that had no handler for its stop signal is looked at again.
+const RESEND_CHECK: Duration = Duration::from_millis(20);
 /// At the end, how long a connection that has not sent its whole request yet is waited for.
 const FINAL_READ_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -104,6 +106,8 @@ struct Shim<'a> {
     buf: Vec<u8>,
     /// When Stop's grace period ends and SIGKILL follows.
     kill_at: Option<Instant>,
+    /// A stop signal init had no handler for when it was sent, and when to look again.
+    resend: Option<(i32, Instant)>,
     /// When the output drain after the exit gives up.
     drain_until: Option<Instant>,
     /// The exit file is written; every request is answered at once.
@@ -144,6 +148,7 @@ pub(crate) fn serve(cfg: &ShimConfig, created: Created) {
         log,
         buf: vec![0; READ_BUF],
         kill_at: None,
+        resend: None,
         drain_until: None,
         done: false,
     };
@@ -230,14 +235,35 @@ impl Shim<'_> {
 
     fn next_deadline(&self) -> Option<Instant> {
         let conns = self.conns.iter().filter_map(|c| c.deadline);
-        [self.kill_at, self.drain_until]
-            .into_iter()
-            .flatten()
-            .chain(conns)
-            .min()
+        [
+            self.kill_at,
+            self.drain_until,
+            self.resend.map(|(_, at)| at),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(conns)
+        .min()
     }
 
     fn timers(&mut self, now: Instant) {
+        if let Some((signal, at)) = self.resend.filter(|(_, at)| *at <= now) {
+            self.resend = None;
+            if self.exit.is_none() && self.kill_at.is_some() {
+                if sys::catches(self.pid, signal) {
+                    // The handler is there now; the first signal went nowhere.
+                    diag!(
+                        "init {} set up its handler: sending signal {signal} again",
+                        self.pid
+                    );
+                    if let Err(e) = sys::kill(self.pid, signal) {
+                        diag!("stop: signal {signal} to {}: {e}", self.pid);
+                    }
+                } else {
+                    self.resend = Some((signal, at + RESEND_CHECK));
+                }
+            }
+        }
         if self.kill_at.is_some_and(|at| at <= now) {
             self.kill_at = None;
             if self.exit.is_none() {
@@ -337,6 +363,7 @@ impl Shim<'_> {
         self.exit = Some(exit);
         self.status = Status::Exited;
         self.kill_at = None;
+        self.resend = None;
         self.stdin = None;
         self.drain_until = Some(Instant::now() + DRAIN_LIMIT);
     }
@@ -434,8 +461,18 @@ impl Shim<'_> {
                     }
                     // A created container's init (runc init) dies of the signal too, or of the
                     // SIGKILL after the grace period.
+                    //
+                    // The kernel drops a signal sent to the PID 1 of a namespace that has no
+                    // handler for it. A process stopped right after it started may not have
+                    // set its handler up yet (kubelet and critest stop containers a few ms
+                    // after StartContainer returns): the signal is sent again once the handler
+                    // shows, and only then, so a process that had it all along gets it once.
+                    let caught = sys::catches(self.pid, signal);
                     if let Err(e) = sys::kill(self.pid, signal) {
                         diag!("stop: signal {signal} to {}: {e}", self.pid);
+                    }
+                    if !caught {
+                        self.resend = Some((signal, Instant::now() + RESEND_CHECK));
                     }
                     let at = Instant::now() + Duration::from_millis(timeout_ms);
                     self.kill_at = Some(self.kill_at.map_or(at, |k| k.min(at)));

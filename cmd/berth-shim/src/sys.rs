@@ -64,7 +64,41 @@ pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
     }
 }
 
+/// Whether process `pid` has a handler installed for `signal` (its `SigCgt` mask in
+/// /proc/<pid>/status). Unknown (unreadable) counts as caught, so nothing is sent twice.
+pub(crate) fn catches(pid: i32, signal: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    caught_in(&status, signal)
+}
+
+fn caught_in(status: &str, signal: i32) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_none_or(|mask| (1..=64).contains(&signal) && mask & (1u64 << (signal - 1)) != 0)
+}
+
 /// A signal number kill(2) accepts (0, the existence probe, is not a signal to send).
 pub(crate) fn valid_signal(signal: i32) -> bool {
     (1..=libc::SIGRTMAX()).contains(&signal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caught_signals_come_from_the_sigcgt_mask() {
+        // busybox top: SIGINT, SIGTERM and a few more.
+        let status = "Name:\ttop\nSigIgn:\t0000000000000000\nSigCgt:\t0000000000004002\n";
+        assert!(caught_in(status, libc::SIGTERM));
+        assert!(caught_in(status, libc::SIGINT));
+        assert!(!caught_in(status, libc::SIGUSR1));
+        assert!(!caught_in("SigCgt:\t0000000000000000\n", libc::SIGTERM));
+        // Unreadable: assume caught.
+        assert!(caught_in("", libc::SIGTERM));
+    }
 }

@@ -1,6 +1,7 @@
 //! Helpers every RPC module shares: running kernel-facing work off the async workers, noticing
 //! a caller that hung up, fresh IDs and timestamps.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -69,4 +70,30 @@ pub(crate) fn unix_nanos() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// Finds a record by its full ID or a unique prefix of it, as crictl users type IDs. `field`
+/// names the request field in errors, `what` the kind of object.
+pub(crate) fn by_id_or_prefix<T: Clone>(
+    records: &HashMap<String, T>,
+    id: &str,
+    field: &str,
+    what: &str,
+) -> Result<T, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{field}: must not be empty"
+        )));
+    }
+    if let Some(r) = records.get(id) {
+        return Ok(r.clone());
+    }
+    let mut matches = records.iter().filter(|(k, _)| k.starts_with(id));
+    match (matches.next(), matches.next()) {
+        (Some((_, one)), None) => Ok(one.clone()),
+        (None, _) => Err(Status::not_found(format!("{what} {id} not found"))),
+        (Some(_), Some(_)) => Err(Status::invalid_argument(format!(
+            "{field}: {id} matches more than one {what}"
+        ))),
+    }
 }

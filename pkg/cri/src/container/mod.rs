@@ -220,22 +220,7 @@ impl ContainerManager {
 
     /// Finds a container by full ID or unique ID prefix.
     pub fn get(&self, id: &str) -> Result<ContainerRecord, Status> {
-        if id.is_empty() {
-            return Err(Status::invalid_argument("container_id: must not be empty"));
-        }
-        let all = read(&self.containers);
-        if let Some(c) = all.get(id) {
-            return Ok(c.clone());
-        }
-        let matches: Vec<&ContainerRecord> =
-            all.values().filter(|c| c.id.starts_with(id)).collect();
-        match matches.as_slice() {
-            [one] => Ok((*one).clone()),
-            [] => Err(Status::not_found(format!("container {id} not found"))),
-            _ => Err(Status::invalid_argument(format!(
-                "container_id: {id} matches more than one container"
-            ))),
-        }
+        crate::task::by_id_or_prefix(&read(&self.containers), id, "container_id", "container")
     }
 
     pub fn list(&self) -> Vec<ContainerRecord> {

@@ -133,23 +133,7 @@ impl PodManager {
 
     /// Finds a pod by full ID or unique ID prefix, as crictl users type them.
     pub fn get(&self, id: &str) -> Result<PodRecord, Status> {
-        if id.is_empty() {
-            return Err(Status::invalid_argument(
-                "pod_sandbox_id: must not be empty",
-            ));
-        }
-        let pods = read(&self.pods);
-        if let Some(p) = pods.get(id) {
-            return Ok(p.clone());
-        }
-        let matches: Vec<&PodRecord> = pods.values().filter(|p| p.id.starts_with(id)).collect();
-        match matches.as_slice() {
-            [one] => Ok((*one).clone()),
-            [] => Err(Status::not_found(format!("pod sandbox {id} not found"))),
-            _ => Err(Status::invalid_argument(format!(
-                "pod_sandbox_id: {id} matches more than one pod sandbox"
-            ))),
-        }
+        crate::task::by_id_or_prefix(&read(&self.pods), id, "pod_sandbox_id", "pod sandbox")
     }
 
     pub fn list(&self) -> Vec<PodRecord> {
