@@ -802,6 +802,54 @@ async fn two_containers_of_a_pod_share_localhost_and_dev_shm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_of_a_shared_pid_pod_see_each_other_and_others_do_not() {
+    let Some(mut e) = start().await else { return };
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    let pod_ns = |mode: cri::NamespaceMode| cri::NamespaceOption {
+        pid: mode as i32,
+        ..Default::default()
+    };
+    let mut pc = pod_config("sharedpid", e.logs.path());
+    pc.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(pod_ns(cri::NamespaceMode::Pod)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = e.run_pod(pc.clone()).await;
+    let in_pod = |name: &str, args: &[&str]| {
+        with_security(container(name, &bb, args), |s| {
+            s.namespace_options = Some(pod_ns(cri::NamespaceMode::Pod));
+        })
+    };
+    e.run_ctr(&pod, &pc, in_pod("a", &["sleep", "1001"])).await;
+    let b = e.run_ctr(&pod, &pc, in_pod("b", &["sleep", "1002"])).await;
+    let ps = e.exec_out(&b, &["ps", "-o", "pid,args"]).await;
+    assert!(
+        ps.contains("sleep 1001") && ps.contains("sleep 1002"),
+        "{ps}"
+    );
+    // PID 1 is the pod's holder, not either container.
+    let first = ps.lines().nth(1).unwrap_or_default();
+    assert!(
+        first.trim_start().starts_with("1 ") && !first.contains("sleep"),
+        "{ps}"
+    );
+    // A container of a pod without a shared namespace is PID 1 of its own and sees nothing else.
+    let (other, opc) = e.pod("ownpid").await;
+    let c = e
+        .run_ctr(&other, &opc, container("c", &bb, &["sleep", "1003"]))
+        .await;
+    let ps = e.exec_out(&c, &["ps", "-o", "pid,args"]).await;
+    assert!(
+        !ps.contains("sleep 1001") && ps.contains("1 sleep 1003"),
+        "{ps}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layered_image_whiteouts_and_opaque_dirs_are_visible_as_such() {
     let Some(mut e) = start().await else { return };
     let bb = e.img.get("BUSYBOX_REF");
