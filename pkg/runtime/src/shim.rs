@@ -2,13 +2,13 @@
 //!
 //! The shim is spawned detached (it forks and its parent exits at once), so berthd is never its
 //! parent and a berthd restart does not touch it. Exits are learned without polling: each shim
-//! writes `<exits dir>/<id>` by rename when its container ends, and [`ExitWatcher`] turns the
+//! writes `<exits dir>/<id>` by rename when its container ends, and [`watch_exits`] turns the
 //! directory's inotify events into callbacks.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -161,26 +161,21 @@ pub fn read_exit(path: &Path) -> Result<Option<Exit>> {
 }
 
 /// Calls `on_exit(id)` for every exit file that appears in a directory, from a thread of its
-/// own. Exit files are renamed into place, so `IN_MOVED_TO` (and `IN_CLOSE_WRITE` for writers
-/// that do not rename) marks a complete file.
-pub struct ExitWatcher {
-    dir: PathBuf,
-}
-
-impl ExitWatcher {
-    /// Starts watching `dir` (created if missing). Files already there are the caller's to scan:
-    /// the watch only reports what appears after this returns.
-    pub fn start(dir: &Path, on_exit: impl Fn(&str) + Send + 'static) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-        let inotify = Inotify::init(InitFlags::IN_CLOEXEC)
-            .map_err(|e| Error::io("inotify_init for", dir, e))?;
-        inotify
-            .add_watch(
-                dir,
-                AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE,
-            )
-            .map_err(|e| Error::io("watch", dir, e))?;
-        std::thread::Builder::new()
+/// own that lives as long as the process. Exit files are renamed into place, so `IN_MOVED_TO`
+/// (and `IN_CLOSE_WRITE` for writers that do not rename) marks a complete file.
+/// Files already in `dir` (created if missing) are the caller's to scan: the watch only reports
+/// what appears after this returns.
+pub fn watch_exits(dir: &Path, on_exit: impl Fn(&str) + Send + 'static) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+    let inotify =
+        Inotify::init(InitFlags::IN_CLOEXEC).map_err(|e| Error::io("inotify_init for", dir, e))?;
+    inotify
+        .add_watch(
+            dir,
+            AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE,
+        )
+        .map_err(|e| Error::io("watch", dir, e))?;
+    std::thread::Builder::new()
             .name("exit-watcher".into())
             .spawn(move || loop {
                 match inotify.read_events() {
@@ -197,20 +192,13 @@ impl ExitWatcher {
                     }
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => {
-                        tracing::error!(error = %e, "exit watcher stopped; container exits are now only seen on status calls");
+                        tracing::error!(error = %e, "exit watcher stopped; container exits are now seen only when a container is stopped or berthd restarts");
                         return;
                     }
                 }
             })
             .map_err(|e| Error::io("spawn exit watcher for", dir, e))?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-        })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -223,7 +211,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (tx, rx) = mpsc::channel();
         let tx = std::sync::Mutex::new(tx);
-        let _w = ExitWatcher::start(dir.path(), move |id| {
+        watch_exits(dir.path(), move |id| {
             let _ = tx.lock().unwrap().send(id.to_string());
         })
         .unwrap();

@@ -19,9 +19,12 @@ use crate::edge::to_status;
 use crate::sandbox::{PodRecord, PodState};
 use crate::task::unix_nanos;
 
-/// Creates the container. On failure everything acquired so far is released and the name is
-/// free again.
-pub fn create(mgr: &ContainerManager, mut req: ContainerRequest) -> Result<String, Status> {
+/// Creates the container; returns its ID and name key. On failure everything acquired so far
+/// is released and the name is free again.
+pub fn create(
+    mgr: &ContainerManager,
+    mut req: ContainerRequest,
+) -> Result<(String, String), Status> {
     for (i, d) in req.spec.devices.iter_mut().enumerate() {
         d.nodes = spec::devices::device_nodes(&d.host_path, &d.container_path)
             .map_err(|e| Status::invalid_argument(format!("config.devices[{i}].host_path: {e}")))?;
@@ -52,7 +55,7 @@ pub fn create(mgr: &ContainerManager, mut req: ContainerRequest) -> Result<Strin
     let key = name_key(&pod.id, &req.meta);
     let id = mgr.fresh_id();
     if let Some(existing) = mgr.reserve_name(&key, &id)? {
-        return Ok(existing);
+        return Ok((existing, key));
     }
     let log_path = (!req.log_path.as_os_str().is_empty() && !pod.log_directory.is_empty())
         .then(|| Path::new(&pod.log_directory).join(&req.log_path));
@@ -98,33 +101,31 @@ pub fn create(mgr: &ContainerManager, mut req: ContainerRequest) -> Result<Strin
         paths: mgr.paths(&id),
         pid: 0,
         shim_pid: 0,
-        mounted: false,
     };
     // The only durable write before the runtime is called: it names every path the steps
     // below may create, so a crash midway is undone from it at the next start.
-    let result = mgr.persist(&rec).and_then(|()| {
-        acquire(
-            mgr, &req, &pod, &image, &defaults, &handler, pid_ns, &mut rec,
-        )
-    });
+    let result = mgr
+        .persist(&rec)
+        .and_then(|()| {
+            acquire(
+                mgr, &req, &pod, &image, &defaults, &handler, pid_ns, &mut rec,
+            )
+        })
+        .and_then(|()| {
+            rec.state = ContainerState::Created;
+            mgr.persist(&rec)
+        });
     match result {
         Ok(()) => {
-            rec.state = ContainerState::Created;
-            if let Err(e) = mgr.persist(&rec) {
-                lifecycle::teardown(mgr, &rec);
-                let _ = mgr.forget(&rec);
-                mgr.release_name(&key, &id);
-                return Err(e);
-            }
             tracing::info!(container = %id, name = %key, pid = rec.pid, "container created");
-            Ok(id)
+            Ok((id, key))
         }
         Err(status) => {
             lifecycle::teardown(mgr, &rec);
+            // Also frees the name.
             if let Err(e) = mgr.forget(&rec) {
                 tracing::error!(container = %id, error = %e, "forgetting a failed container");
             }
-            mgr.release_name(&key, &id);
             Err(status)
         }
     }
@@ -160,9 +161,9 @@ fn acquire(
             .map_err(|e| Status::internal(format!("creating {}: {e}", empty.display())))?;
         lowers.push(empty);
     }
+    // Not recorded: teardown unmounts by path, so a crash right after the mount is covered.
     rootfs::mount_overlay(&lowers, &paths.upper(), &paths.work(), &rootfs_dir)
         .map_err(to_status)?;
-    rec.mounted = true;
 
     rec.user =
         user::resolve_user(&rootfs_dir, &req.spec.security, &defaults.user).map_err(to_status)?;

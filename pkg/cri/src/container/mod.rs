@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use berth_image::ImageManager;
 use berth_runtime::runc::Handler;
-use berth_runtime::shim::ExitWatcher;
+use berth_runtime::shim::watch_exits;
 use berth_runtime::spec::NodeFacts;
 use berth_store::{Bucket, Store};
 use tonic::Status;
@@ -65,7 +65,6 @@ pub struct ContainerManager {
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Containers whose CreateContainer finished after its caller had hung up, by name key.
     pub(crate) unclaimed: Mutex<HashMap<String, String>>,
-    watcher: Mutex<Option<ExitWatcher>>,
 }
 
 impl ContainerManager {
@@ -102,18 +101,16 @@ impl ContainerManager {
             names: Mutex::default(),
             locks: Mutex::default(),
             unclaimed: Mutex::default(),
-            watcher: Mutex::default(),
         });
         // Watching starts before the records are read, so an exit that happens while they are
         // reconciled is not missed (the handler is idempotent).
         let weak: Weak<Self> = Arc::downgrade(&mgr);
-        let watcher = ExitWatcher::start(&mgr.exits_dir(), move |id| {
+        watch_exits(&mgr.exits_dir(), move |id| {
             if let Some(m) = weak.upgrade() {
                 m.exit_noticed(id);
             }
         })
         .map_err(to_status)?;
-        *lock(&mgr.watcher) = Some(watcher);
         lifecycle::recover(&mgr)?;
         Ok(mgr)
     }
@@ -301,20 +298,13 @@ impl ContainerManager {
         Ok(None)
     }
 
-    pub(crate) fn release_name(&self, key: &str, id: &str) {
-        let mut names = lock(&self.names);
-        if names.get(key).map(String::as_str) == Some(id) {
-            names.remove(key);
-        }
-    }
-
     /// A fresh ID whose 16-hex socket prefix no other container uses.
     pub(crate) fn fresh_id(&self) -> String {
         loop {
             let id = crate::task::new_id();
             let taken = read(&self.containers)
                 .keys()
-                .any(|other| other[..16] == id[..16]);
+                .any(|other| other.get(..16) == id.get(..16));
             if !taken && !self.paths(&id).socket.exists() {
                 return id;
             }

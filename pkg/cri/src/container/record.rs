@@ -108,9 +108,6 @@ pub struct ContainerRecord {
     pub pid: i32,
     #[serde(default)]
     pub shim_pid: i32,
-    /// What CreateContainer acquired so far (read by the undo after a failure or crash).
-    #[serde(default)]
-    pub mounted: bool,
 }
 
 impl ContainerRecord {

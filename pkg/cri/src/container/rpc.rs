@@ -62,9 +62,7 @@ impl RuntimeApi {
         let caller = CallerPresent::default();
         let present = caller.flag();
         let container_id = blocking(&self.containers, move |m: &ContainerManager| {
-            let pod = m.pods().get(&req.pod_id)?;
-            let key = super::name_key(&pod.id, &req.meta);
-            let id = create::create(m, req)?;
+            let (id, key) = create::create(m, req)?;
             if !present.still_waiting() {
                 lock(&m.unclaimed).insert(key, id.clone());
             }
@@ -130,11 +128,11 @@ impl RuntimeApi {
     ) -> Result<v1::ContainerStatusResponse, Status> {
         let rec = self.containers.get(&req.container_id)?;
         let info = if req.verbose {
-            blocking(&self.containers, move |_| Ok(verbose_info(&rec))).await?
+            let r = rec.clone();
+            blocking(&self.containers, move |_| Ok(verbose_info(&r))).await?
         } else {
             HashMap::new()
         };
-        let rec = self.containers.get(&req.container_id)?;
         Ok(v1::ContainerStatusResponse {
             status: Some(rec.to_cri_status()),
             info,
