@@ -35,6 +35,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub use k8s_cri::v1 as cri;
 
+pub mod ctr;
+
 /// Plain HTTP registry, no auth.
 pub const REG_PLAIN: &str = "127.0.0.1:5000";
 /// HTTPS registry (self-signed CA) with htpasswd basic auth.
@@ -234,6 +236,9 @@ pub struct Daemon {
     pub config: PathBuf,
     /// Where stdout/stderr of berthd go.
     pub log: PathBuf,
+    /// The cgroup parent of this daemon's pods (`cgroup_parent`): one per daemon, so the
+    /// guard can remove whatever pod cgroups a test (or a killed berthd) left behind.
+    pub cgroup_parent: String,
     child: Option<Child>,
 }
 
@@ -267,6 +272,12 @@ impl Daemon {
         let certs_d = b.join("certs.d");
         let config = b.join("berthd.toml");
         let log = b.join("berthd.log");
+        let cgroup_parent = format!(
+            "/berth-e2e/{}",
+            b.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        );
         std::fs::create_dir_all(&certs_d)?;
 
         write_hosts(&certs_d, REG_PLAIN, &http_hosts_toml(REG_PLAIN))?;
@@ -286,11 +297,12 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "root = \"{}\"\nstate = \"{}\"\nlisten = \"{}\"\nlog_level = \"{}\"\n{}\n[registry]\nconfig_path = \"{}\"\n{}\n",
+                "root = \"{}\"\nstate = \"{}\"\nlisten = \"{}\"\nlog_level = \"{}\"\ncgroup_parent = \"{}\"\n{}\n[registry]\nconfig_path = \"{}\"\n{}\n",
                 root.display(),
                 state.display(),
                 socket.display(),
                 opts.log_level,
+                cgroup_parent,
                 opts.extra_config,
                 certs_d.display(),
                 opts.registry_extra
@@ -304,6 +316,7 @@ impl Daemon {
             certs_d,
             config,
             log,
+            cgroup_parent,
             child: None,
         };
         d.spawn().await?;
@@ -564,6 +577,7 @@ impl Drop for Daemon {
         if let Some(b) = self.base.as_ref() {
             kill_containers_under(b.path(), &self.state);
         }
+        remove_cgroup_tree(&self.cgroup_parent);
         // berthd may leave mounts under its dirs (e.g. the shared bind mount of
         // `<state>/ns`); detach them so the temp dir can be removed.
         if let Some(b) = self.base.as_ref() {
@@ -658,6 +672,42 @@ pub fn kill_containers_under(base: &Path, state: &Path) {
     }
     for pid in shims_under(base) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// Removes cgroup `parent` and everything below it in every hierarchy, deepest first, waiting
+/// a moment for cgroups whose last process is still exiting.
+pub fn remove_cgroup_tree(parent: &str) {
+    let rel = parent.trim_start_matches('/');
+    if rel.is_empty() {
+        return;
+    }
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut roots: Vec<PathBuf> = hierarchies.flatten().map(|h| h.path().join(rel)).collect();
+    roots.push(Path::new("/sys/fs/cgroup").join(rel));
+    for root in roots.into_iter().filter(|r| r.is_dir()) {
+        let mut dirs = Vec::new();
+        let mut stack = vec![root];
+        while let Some(d) = stack.pop() {
+            if let Ok(entries) = std::fs::read_dir(&d) {
+                stack.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+            dirs.push(d);
+        }
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            settled(|| match std::fs::remove_dir(&d) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => vec![()],
+                _ => Vec::new(),
+            });
+        }
     }
 }
 

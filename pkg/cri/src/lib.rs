@@ -5,6 +5,7 @@
 
 mod container;
 mod edge;
+mod events;
 mod image;
 mod progress;
 mod runtime;

@@ -3,6 +3,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use k8s_cri::v1;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::container::ContainerManager;
@@ -125,6 +126,24 @@ impl RuntimeApi {
     }
 }
 
+impl RuntimeApi {
+    /// berth exports no metrics of its own through the CRI (kubelet then keeps its cAdvisor
+    /// ones); an empty answer, not UNIMPLEMENTED, is what kubelet's CRI metrics path expects.
+    async fn list_metric_descriptors(
+        &self,
+        _req: v1::ListMetricDescriptorsRequest,
+    ) -> Result<v1::ListMetricDescriptorsResponse, Status> {
+        Ok(v1::ListMetricDescriptorsResponse::default())
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _req: v1::ListPodSandboxMetricsRequest,
+    ) -> Result<v1::ListPodSandboxMetricsResponse, Status> {
+        Ok(v1::ListPodSandboxMetricsResponse::default())
+    }
+}
+
 fn not_built(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by berth yet"))
 }
@@ -161,7 +180,10 @@ macro_rules! runtime_service {
                 &self,
                 _request: Request<v1::GetEventsRequest>,
             ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-                Err(not_built("GetContainerEvents"))
+                tracing::debug!("GetContainerEvents: new subscriber");
+                let events = self.containers.events().subscribe();
+                let stream = tokio_stream::wrappers::ReceiverStream::new(events).map(Ok);
+                Ok(Response::new(Box::pin(stream)))
             }
 
             $(
@@ -202,18 +224,18 @@ runtime_service! {
     exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync", Poll;
     runtime_config(RuntimeConfigRequest) -> RuntimeConfigResponse = "RuntimeConfig", Poll;
     update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig", Mutation;
+    update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources", Mutation;
+    container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats", Poll;
+    list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats", Poll;
+    pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats", Poll;
+    list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats", Poll;
+    list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors", Poll;
+    list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics", Poll;
     }
     not_built {
-    update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
     exec(ExecRequest) -> ExecResponse = "Exec";
     attach(AttachRequest) -> AttachResponse = "Attach";
     port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
-    container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
-    list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
-    pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
-    list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats";
     checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
-    list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
-    list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
     }
 }

@@ -12,6 +12,7 @@ mod seccomp;
 pub mod shim;
 pub mod shm;
 pub mod spec;
+pub mod stats;
 pub mod user;
 
 pub use error::{Error, Result};

@@ -85,6 +85,41 @@ impl Handler {
     }
 
     /// `runc state`; `Ok(None)` when the runtime does not know the container.
+    /// `runc update --resources -`: applies `resources` (an OCI `linux.resources` object) to
+    /// a created or running container's cgroup.
+    pub fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        use std::io::Write;
+        let json = serde_json::to_vec(resources).map_err(|e| Error::Runtime {
+            op: "update",
+            id: id.to_string(),
+            message: format!("encoding resources: {e}"),
+        })?;
+        let mut child = self
+            .command()
+            .args(["update", "--resources", "-", id])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::io("run", &self.path, e))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(&json)
+                .map_err(|e| Error::io("write resources to", &self.path, e))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::io("wait for", &self.path, e))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(Error::Runtime {
+            op: "update",
+            id: id.to_string(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+
     pub fn state(&self, id: &str) -> Result<Option<RuncState>> {
         let out = self
             .command()

@@ -1042,7 +1042,7 @@ fn device_rule(allow: bool, node: Option<&DeviceNode>, access: &str) -> LinuxDev
 /// containerd's `WithResources`: zero means unset; with resources, `cpu` and `memory` are
 /// present even when empty; swap defaults to the memory limit (no swapping) where swap can be
 /// limited.
-fn resources(
+pub fn resources(
     requested: Option<&ResourcesSpec>,
     node: &NodeFacts,
     device_rules: Vec<LinuxDeviceCgroup>,

@@ -29,6 +29,9 @@ pub fn create(
         d.nodes = spec::devices::device_nodes(&d.host_path, &d.container_path)
             .map_err(|e| Status::invalid_argument(format!("config.devices[{i}].host_path: {e}")))?;
     }
+    if let Some(r) = &req.spec.resources {
+        super::resources::check_supported("config.linux.resources", r, mgr.node())?;
+    }
     let pod = mgr.pods().get(&req.pod_id)?;
     if pod.state != PodState::Ready {
         return Err(Status::failed_precondition(format!(

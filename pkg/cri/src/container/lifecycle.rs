@@ -61,6 +61,11 @@ pub fn start(mgr: &ContainerManager, id: &str) -> Result<(), Status> {
         }
         r.started_at = state.started_at;
     });
+    mgr.announce(
+        &rec.id,
+        &rec.pod_id,
+        k8s_cri::v1::ContainerEventType::ContainerStartedEvent,
+    );
     if let Some(exit) = state.exit {
         mgr.apply_exit(&rec.id, &exit);
     }
@@ -175,6 +180,11 @@ pub fn remove(mgr: &ContainerManager, id: &str) -> Result<(), Status> {
         // The CRI log stays: kubelet owns log files and removes them with the pod.
         teardown(mgr, &rec);
         mgr.forget(&rec)?;
+        mgr.announce(
+            &rec.id,
+            &rec.pod_id,
+            k8s_cri::v1::ContainerEventType::ContainerDeletedEvent,
+        );
         tracing::info!(container = %rec.id, name = %name_key(&rec.pod_id, &rec.meta), "removed container");
         Ok(())
     })

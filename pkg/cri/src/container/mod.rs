@@ -14,7 +14,9 @@ mod create;
 mod exec;
 mod lifecycle;
 mod record;
+mod resources;
 mod rpc;
+mod stats;
 mod validate;
 
 use std::collections::HashMap;
@@ -26,12 +28,14 @@ use berth_runtime::runc::Handler;
 use berth_runtime::shim::watch_exits;
 use berth_runtime::spec::NodeFacts;
 use berth_store::{Bucket, Store};
+use k8s_cri::v1;
 use tonic::Status;
 
 pub use lifecycle::{remove_all_in_pod, stop_all_in_pod};
 pub use record::{ContainerRecord, ContainerState};
 
 use crate::edge::to_status;
+use crate::events::EventHub;
 use crate::sandbox::{lock, read, write, PodManager};
 
 /// Sockets live here, with 16-hex names: a unix socket path must stay under 108 bytes.
@@ -65,6 +69,9 @@ pub struct ContainerManager {
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Containers whose CreateContainer finished after its caller had hung up, by name key.
     pub(crate) unclaimed: Mutex<HashMap<String, String>>,
+    /// The last CPU reading of each cgroup, by cgroup path, for `usage_nano_cores`.
+    cpu_samples: Mutex<HashMap<String, berth_runtime::stats::CgroupSample>>,
+    events: EventHub,
 }
 
 impl ContainerManager {
@@ -101,6 +108,8 @@ impl ContainerManager {
             names: Mutex::default(),
             locks: Mutex::default(),
             unclaimed: Mutex::default(),
+            cpu_samples: Mutex::default(),
+            events: EventHub::default(),
         });
         // Watching starts before the records are read, so an exit that happens while they are
         // reconciled is not missed (the handler is idempotent).
@@ -129,6 +138,15 @@ impl ContainerManager {
 
     pub(crate) fn images(&self) -> &ImageManager {
         &self.images
+    }
+
+    pub(crate) fn events(&self) -> &EventHub {
+        &self.events
+    }
+
+    /// The directory holding every container's writable layer.
+    pub(crate) fn containers_storage(&self) -> PathBuf {
+        self.cfg.root.join("containers")
     }
 
     pub(crate) fn shim_bin(&self) -> &Path {
@@ -212,6 +230,7 @@ impl ContainerManager {
         }
         drop(names);
         lock(&self.locks).remove(&rec.id);
+        lock(&self.cpu_samples).remove(&rec.cgroups_path);
         Ok(())
     }
 
@@ -255,16 +274,19 @@ impl ContainerManager {
         }
     }
 
-    /// Records how a container ended. Idempotent, and never moves a record backwards.
+    /// Records how a container ended. Idempotent, and never moves a record backwards; the
+    /// transition to exited is announced once.
     pub(crate) fn apply_exit(
         &self,
         id: &str,
         exit: &berth_shim_proto::Exit,
     ) -> Option<ContainerRecord> {
-        self.update(id, |rec| {
+        let mut ended = false;
+        let rec = self.update(id, |rec| {
             if rec.state == ContainerState::Exited {
                 return;
             }
+            ended = true;
             rec.state = ContainerState::Exited;
             rec.exit_code = exit.exit_code;
             rec.finished_at = exit.finished_at;
@@ -278,7 +300,40 @@ impl ContainerManager {
             }
             .to_string();
             tracing::info!(container = %rec.id, exit_code = exit.exit_code, reason = %rec.reason, "container exited");
-        })
+        })?;
+        if ended {
+            self.announce(
+                &rec.id,
+                &rec.pod_id,
+                v1::ContainerEventType::ContainerStoppedEvent,
+            );
+        }
+        Some(rec)
+    }
+
+    /// Publishes a lifecycle event of `id` (a container, or a pod for pod events) with the
+    /// pod's status and its containers' statuses as they are now.
+    pub(crate) fn announce(&self, id: &str, pod_id: &str, kind: v1::ContainerEventType) {
+        if self.events.subscribers() == 0 {
+            return;
+        }
+        let pod_sandbox_status = self
+            .pods
+            .get(pod_id)
+            .ok()
+            .map(|p| crate::sandbox::cri_status(&p));
+        let containers_statuses = self
+            .in_pod(pod_id)
+            .iter()
+            .map(ContainerRecord::to_cri_status)
+            .collect();
+        self.events.publish(v1::ContainerEventResponse {
+            container_id: id.to_string(),
+            container_event_type: kind as i32,
+            created_at: crate::task::unix_nanos(),
+            pod_sandbox_status,
+            containers_statuses,
+        });
     }
 
     /// Reserves `key` for `id`, or answers with the container a timed-out earlier call created

@@ -66,6 +66,13 @@ impl RuntimeApi {
             if !present.still_waiting() {
                 lock(&m.unclaimed).insert(key, id.clone());
             }
+            if let Ok(rec) = m.get(&id) {
+                m.announce(
+                    &id,
+                    &rec.pod_id,
+                    v1::ContainerEventType::ContainerCreatedEvent,
+                );
+            }
             Ok(id)
         })
         .await?;

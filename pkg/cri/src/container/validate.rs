@@ -113,7 +113,10 @@ pub fn container_request(req: v1::CreateContainerRequest) -> Result<ContainerReq
     let sc = linux.security_context.unwrap_or_default();
     let pid_mode = pid_mode(sc.namespace_options.as_ref())?;
     let security = security(&sc)?;
-    let resources = linux.resources.map(|r| resources(&r)).transpose()?;
+    let resources = linux
+        .resources
+        .map(|r| resources(&r, "config.linux.resources"))
+        .transpose()?;
 
     Ok(ContainerRequest {
         pod_id: req.pod_sandbox_id,
@@ -504,19 +507,23 @@ fn apparmor(sc: &v1::LinuxContainerSecurityContext) -> Result<(), Status> {
     Ok(())
 }
 
-fn resources(r: &v1::LinuxContainerResources) -> Result<ResourcesSpec, Status> {
-    const F: &str = "config.linux.resources";
+/// `field` names `r` in the request: `config.linux.resources` (create) or `linux` (update).
+pub(super) fn resources(
+    r: &v1::LinuxContainerResources,
+    field: &str,
+) -> Result<ResourcesSpec, Status> {
+    let f = field;
     let positive = |name: &str, v: i64| -> Result<Option<u64>, Status> {
         match v {
             0 => Ok(None),
             v if v > 0 => Ok(Some(v as u64)),
-            v => Err(invalid(&format!("{F}.{name}"), format!("{v} is negative"))),
+            v => Err(invalid(&format!("{f}.{name}"), format!("{v} is negative"))),
         }
     };
     let opt = |v: i64| (v != 0).then_some(v);
     if !(-1000..=1000).contains(&r.oom_score_adj) {
         return Err(invalid(
-            &format!("{F}.oom_score_adj"),
+            &format!("{f}.oom_score_adj"),
             format!("{} is outside -1000..=1000", r.oom_score_adj),
         ));
     }

@@ -21,6 +21,7 @@ use berth_store::{Bucket, Store};
 use tonic::Status;
 
 pub use record::{PodRecord, PodState};
+pub(crate) use rpc::cri_status;
 
 use crate::edge::to_status;
 

@@ -4,6 +4,7 @@ use k8s_cri::v1;
 use tonic::Status;
 
 use super::{run, validate, PodRecord};
+use crate::container::ContainerRecord;
 use crate::runtime::RuntimeApi;
 use crate::task::{blocking, CallerPresent};
 
@@ -41,6 +42,14 @@ impl RuntimeApi {
         .await?;
         // The flag was read inside the closure, which has finished: dropping now changes nothing.
         drop(caller);
+        // Pod events carry the pod's ID as the container ID, as containerd's do.
+        for kind in [
+            v1::ContainerEventType::ContainerCreatedEvent,
+            v1::ContainerEventType::ContainerStartedEvent,
+        ] {
+            self.containers
+                .announce(&pod_sandbox_id, &pod_sandbox_id, kind);
+        }
         Ok(v1::RunPodSandboxResponse { pod_sandbox_id })
     }
 
@@ -49,6 +58,7 @@ impl RuntimeApi {
         req: v1::StopPodSandboxRequest,
     ) -> Result<v1::StopPodSandboxResponse, Status> {
         let id = req.pod_sandbox_id;
+        let mut was_ready = None;
         if let Ok(pod) = self.pods.get(&id) {
             // The pod's processes go first: StopPodSandbox means none of them runs any more.
             let pod_id = pod.id.clone();
@@ -56,8 +66,17 @@ impl RuntimeApi {
                 crate::container::stop_all_in_pod(c, &pod_id)
             })
             .await?;
+            was_ready = (pod.state == super::PodState::Ready).then_some(pod.id);
         }
         blocking(&self.pods, move |m| m.stop(&id)).await?;
+        // A repeated stop (kubelet retries them) is not a new event.
+        if let Some(pod_id) = was_ready {
+            self.containers.announce(
+                &pod_id,
+                &pod_id,
+                v1::ContainerEventType::ContainerStoppedEvent,
+            );
+        }
         Ok(v1::StopPodSandboxResponse {})
     }
 
@@ -66,14 +85,23 @@ impl RuntimeApi {
         req: v1::RemovePodSandboxRequest,
     ) -> Result<v1::RemovePodSandboxResponse, Status> {
         let id = req.pod_sandbox_id;
+        let mut existed = None;
         if let Ok(pod) = self.pods.get(&id) {
             let pod_id = pod.id.clone();
             blocking(&self.containers, move |c| {
                 crate::container::remove_all_in_pod(c, &pod_id)
             })
             .await?;
+            existed = Some(pod.id);
         }
         blocking(&self.pods, move |m| m.remove(&id)).await?;
+        if let Some(pod_id) = existed {
+            self.containers.announce(
+                &pod_id,
+                &pod_id,
+                v1::ContainerEventType::ContainerDeletedEvent,
+            );
+        }
         Ok(v1::RemovePodSandboxResponse {})
     }
 
@@ -83,23 +111,9 @@ impl RuntimeApi {
     ) -> Result<v1::PodSandboxStatusResponse, Status> {
         let verbose = req.verbose;
         let id = req.pod_sandbox_id;
-        blocking(&self.pods, move |m| {
+        let resp = blocking(&self.pods, move |m| {
             let rec = m.get(&id)?;
-            let status = v1::PodSandboxStatus {
-                id: rec.id.clone(),
-                metadata: Some(rec.meta.to_cri()),
-                state: rec.cri_state(),
-                created_at: rec.created_at,
-                network: run::cri_network_status(&rec),
-                linux: Some(v1::LinuxPodSandboxStatus {
-                    namespaces: Some(v1::Namespace {
-                        options: Some(rec.namespace_option()),
-                    }),
-                }),
-                labels: rec.labels.clone().into_iter().collect(),
-                annotations: rec.annotations.clone().into_iter().collect(),
-                runtime_handler: rec.runtime_handler.clone(),
-            };
+            let status = cri_status(&rec);
             let mut info = std::collections::HashMap::new();
             if verbose {
                 info.insert("info".to_string(), run::status_info(m, &rec).to_string());
@@ -111,7 +125,19 @@ impl RuntimeApi {
                 timestamp: 0,
             })
         })
-        .await
+        .await?;
+        // kubelet's evented PLEG takes the containers from here when a timestamp is set.
+        let mut resp = resp;
+        if let Some(status) = &resp.status {
+            resp.containers_statuses = self
+                .containers
+                .in_pod(&status.id)
+                .iter()
+                .map(ContainerRecord::to_cri_status)
+                .collect();
+            resp.timestamp = crate::task::unix_nanos();
+        }
+        Ok(resp)
     }
 
     pub(crate) async fn list_pod_sandbox(
@@ -154,5 +180,24 @@ impl RuntimeApi {
             *crate::sandbox::lock(&self.pod_cidr) = cidr;
         }
         Ok(v1::UpdateRuntimeConfigResponse {})
+    }
+}
+
+/// A pod's CRI status, as PodSandboxStatus and container events carry it.
+pub(crate) fn cri_status(rec: &PodRecord) -> v1::PodSandboxStatus {
+    v1::PodSandboxStatus {
+        id: rec.id.clone(),
+        metadata: Some(rec.meta.to_cri()),
+        state: rec.cri_state(),
+        created_at: rec.created_at,
+        network: run::cri_network_status(rec),
+        linux: Some(v1::LinuxPodSandboxStatus {
+            namespaces: Some(v1::Namespace {
+                options: Some(rec.namespace_option()),
+            }),
+        }),
+        labels: rec.labels.clone().into_iter().collect(),
+        annotations: rec.annotations.clone().into_iter().collect(),
+        runtime_handler: rec.runtime_handler.clone(),
     }
 }
