@@ -801,11 +801,11 @@ fn nft_batch_errors_are_reported_and_missing_table_means_nothing_to_delete() {
     nft::delete_elements(&table, "p", ip, &pms).unwrap();
 }
 
-/// The elements of `map` as nft itself reads them back from the kernel (`nft -j`), rendered
-/// like nft's own syntax: `tcp . 8080 : 10.88.0.5 . 80 "pod a"`.
+/// The elements of `map` as nft itself reads them back from the kernel (`nft -j list table`),
+/// rendered like nft's own syntax: `tcp . 8080 : 10.88.0.5 . 80 "pod a"`.
 fn nft_elements(table: &str, map: &str) -> Vec<String> {
     let out = Command::new("nft")
-        .args(["-j", "list", "map", "ip", table, map])
+        .args(["-j", "list", "table", "ip", table])
         .output()
         .unwrap();
     assert!(
@@ -832,6 +832,7 @@ fn nft_elements(table: &str, map: &str) -> Vec<String> {
         .unwrap()
         .iter()
         .filter_map(|o| o.get("map"))
+        .filter(|m| m["name"] == map)
         .flat_map(|m| m["elem"].as_array().cloned().unwrap_or_default())
         .map(|pair| {
             let (key, data) = (&pair[0], &pair[1]);
