@@ -3,8 +3,9 @@
 # at a time and 20 at once, on berthd and on Debian's containerd 1.6 (CRI plugin, pause image,
 # real CNI plugins), alternating order, ratios to berthd printed.
 #   hack/bench-pods.sh [--runs N] [--parallel M] [--parallel-runs R] [--no-cni] [--json]
-#                      [--no-build]
+#                      [--no-build] [--berth-only]
 # (BERTHD=/path BERTHCTL=/path override the release binaries)
+# --berth-only: only the berth row (no containerd, no CNI; no pause image needed).
 # Rows:
 #   berth       berthd, built-in networking: bridge bbpods0, 10.237.0.0/16, nft table
 #               berth_bench_pods
@@ -29,6 +30,7 @@ parallel_runs=3
 cni=1
 json=()
 build=1
+containerd=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs="$2"; shift 2 ;;
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
     --no-cni) cni=0; shift ;;
     --json) json=(--json); shift ;;
     --no-build) build=0; shift ;;
+    --berth-only) containerd=0; cni=0; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#'; exit 0 ;;
     *) echo "bench-pods: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -56,8 +59,10 @@ if ! curl -sf -o /dev/null -m 2 http://127.0.0.1:5000/v2/; then
   log "registry on 127.0.0.1:5000 is not up: run hack/registry.sh start"
   exit 1
 fi
-PAUSE_IMAGE="$("$SRC/hack/pause-image.sh")"   # ref@digest
-PAUSE_IMAGE="${PAUSE_IMAGE%@*}"
+if [ "$containerd" = 1 ]; then
+  PAUSE_IMAGE="$("$SRC/hack/pause-image.sh")"   # ref@digest
+  PAUSE_IMAGE="${PAUSE_IMAGE%@*}"
+fi
 
 if [ "$build" = 1 ]; then
   log "building release berthd, berth-shim and berthctl"
@@ -167,12 +172,14 @@ if command -v iptables >/dev/null && ! iptables -t nat -S CNI-HOSTPORT-DNAT >/de
 fi
 
 # containerd: the conflist goes in before it starts (1.6 loads it at start and on changes).
-write_conflist "$CONTAINERD_CNI_CONF_DIR"
-if "$SRC/hack/containerd.sh" status >/dev/null 2>&1; then
-  log "using the running containerd at $CONTAINERD_SOCK (CNI from $CONTAINERD_CNI_CONF_DIR)"
-else
-  CNI_BIN_DIR="$CNI_BIN_DIR" "$SRC/hack/containerd.sh" start
-  started_containerd=1
+if [ "$containerd" = 1 ]; then
+  write_conflist "$CONTAINERD_CNI_CONF_DIR"
+  if "$SRC/hack/containerd.sh" status >/dev/null 2>&1; then
+    log "using the running containerd at $CONTAINERD_SOCK (CNI from $CONTAINERD_CNI_CONF_DIR)"
+  else
+    CNI_BIN_DIR="$CNI_BIN_DIR" "$SRC/hack/containerd.sh" start
+    started_containerd=1
+  fi
 fi
 
 # start_berthd NAME NETWORK_TOML: a berthd under $BASE/NAME; sets SOCK to its socket.
@@ -230,10 +237,11 @@ cni_bin_dirs = [\"$CNI_BIN_DIR\"]"
   BERTH_CNI_SOCK="$SOCK"
   endpoints+=(--endpoint "unix://$BERTH_CNI_SOCK" --label "berth-cni=unix://$BERTH_CNI_SOCK")
 fi
-endpoints+=(--endpoint "unix://$CONTAINERD_SOCK" --label "containerd=unix://$CONTAINERD_SOCK")
-
-log "pulling $PAUSE_IMAGE into containerd (its sandbox image)"
-"$BERTHCTL" -r "unix://$CONTAINERD_SOCK" pull "$PAUSE_IMAGE" >/dev/null
+if [ "$containerd" = 1 ]; then
+  endpoints+=(--endpoint "unix://$CONTAINERD_SOCK" --label "containerd=unix://$CONTAINERD_SOCK")
+  log "pulling $PAUSE_IMAGE into containerd (its sandbox image)"
+  "$BERTHCTL" -r "unix://$CONTAINERD_SOCK" pull "$PAUSE_IMAGE" >/dev/null
+fi
 
 log "$runs sequential pods, $parallel_runs x $parallel parallel pods per endpoint"
 "$BERTHCTL" bench pods "${endpoints[@]}" \

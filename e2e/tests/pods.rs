@@ -1122,3 +1122,88 @@ async fn a_pod_reaches_itself_and_another_pod_through_host_ports() {
     p.remove(&b).await;
     assert_eq!(p.leftovers(), Vec::<String>::new());
 }
+
+/// The elements of one of berth's hostPort maps, as nft reads them back (`nft -j`).
+fn map_elements(map: &str) -> Vec<serde_json::Value> {
+    let out = cmd_out("nft", &["-j", "list", "map", "ip", TABLE, map]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["map"]["elem"].as_array())
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+/// Deletes an element added behind berth's back, also when the test fails.
+struct ForeignElement(&'static str);
+
+impl Drop for ForeignElement {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "element", "ip", TABLE, "hp_any", self.0])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_host_ports_work_and_a_late_failure_leaves_no_element() {
+    let Some(mut p) = start().await else { return };
+    // 500 elements do not fit one nftables batch message: setup and teardown take several.
+    let many = |name: &str| {
+        (0..500).fold(pod_config(name), |c, i| {
+            with_host_port(c, 8000 + i, 20000 + i)
+        })
+    };
+    let id = p.run(many("ports")).await.expect("run with 500 hostPorts");
+    assert_eq!(map_elements("hp_any").len(), 500);
+    let netns = p.netns(&id).await;
+    for (container, host) in [(8000, 20000), (8250, 20250), (8499, 20499)] {
+        let server = serve_in_netns(&netns, container, &format!("p{container}"));
+        let got = fetch(&format!("127.0.0.1:{host}"));
+        drop(server);
+        assert_eq!(
+            got.as_deref(),
+            Some(format!("hello p{container}\n").as_str()),
+            "hostPort {host} via 127.0.0.1"
+        );
+    }
+    p.remove(&id).await;
+    assert!(
+        map_elements("hp_any").is_empty(),
+        "elements left after remove"
+    );
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+
+    // An element for port 20450 that berth did not add, with other data: the kernel refuses the
+    // batch holding it, after the batches before it were committed. Those must be undone.
+    let foreign = ForeignElement("{ tcp . 20450 }");
+    let added = Command::new("nft")
+        .args([
+            "add",
+            "element",
+            "ip",
+            TABLE,
+            "hp_any",
+            "{ tcp . 20450 : 10.231.255.254 . 1 }",
+        ])
+        .status()
+        .expect("nft");
+    assert!(added.success(), "add the foreign element");
+    let err = p
+        .run(many("ports2"))
+        .await
+        .expect_err("a clash in the nft map fails the setup");
+    assert!(
+        err.message().contains("tcp/20450") && err.message().contains("exists"),
+        "{err:?}"
+    );
+    let left = map_elements("hp_any");
+    assert_eq!(left.len(), 1, "only the foreign element stays: {left:?}");
+    assert_eq!(p.list(None).await.len(), 0);
+    drop(foreign);
+    assert!(map_elements("hp_any").is_empty());
+    assert_eq!(p.leftovers(), Vec::<String>::new());
+}

@@ -235,7 +235,7 @@ pub(crate) fn render(v: &Value, format: Format) -> Result<String> {
             s.push('\n');
             Ok(s)
         }
-        Format::Yaml => serde_yaml::to_string(v).context("encode yaml"),
+        Format::Yaml => serde_saphyr::to_string(v).context("encode yaml"),
     }
 }
 

@@ -110,7 +110,7 @@ pub(crate) fn parse_object<T: DeserializeOwned>(
 ) -> Result<T> {
     let v: Value = match syntax {
         Syntax::Json => serde_json::from_str(text).context("parse json")?,
-        Syntax::Yaml => serde_yaml::from_str(text).context("parse yaml")?,
+        Syntax::Yaml => serde_saphyr::from_str(text).context("parse yaml")?,
     };
     if !v.is_object() {
         bail!("{what} must be an object");
@@ -722,6 +722,21 @@ linux:
         assert!(parse_pod_config("", Syntax::Yaml).is_err());
         assert!(parse_pod_config("[1]", Syntax::Json).is_err());
         assert!(parse_pod_config("{", Syntax::Json).is_err());
+    }
+
+    #[test]
+    fn yaml_duplicate_keys_are_refused_and_output_parses_back() {
+        // A key given twice is a mistake in a hand-written config, not "the last one wins".
+        assert!(parse_pod_config("metadata:\n  name: a\n  name: b\n", Syntax::Yaml).is_err());
+        // `-o yaml` output must quote strings that would read back as other types.
+        let v = serde_json::json!({
+            "labels": {"n": "1", "b": "true", "e": "", "c": "a: b", "null": "null"},
+            "port": 80,
+            "list": [1, "x"]
+        });
+        let text = crate::output::render(&v, crate::output::Format::Yaml).unwrap();
+        let back: Value = parse_object(&text, Syntax::Yaml, "value").unwrap();
+        assert_eq!(back, v, "{text}");
     }
 
     #[test]

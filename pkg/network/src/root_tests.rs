@@ -800,3 +800,129 @@ fn nft_batch_errors_are_reported_and_missing_table_means_nothing_to_delete() {
     assert!(err.to_string().contains("No such file"), "{err}");
     nft::delete_elements(&table, "p", ip, &pms).unwrap();
 }
+
+/// The elements of `map` as nft itself reads them back from the kernel (`nft -j list table`),
+/// rendered like nft's own syntax: `tcp . 8080 : 10.88.0.5 . 80 "pod a"`.
+fn nft_elements(table: &str, map: &str) -> Vec<String> {
+    let out = Command::new("nft")
+        .args(["-j", "list", "table", "ip", table])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let concat = |v: &serde_json::Value| -> String {
+        v["concat"]
+            .as_array()
+            .unwrap_or_else(|| panic!("not a concatenation: {v}"))
+            .iter()
+            .map(|p| {
+                p.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| p.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(" . ")
+    };
+    let mut els: Vec<String> = v["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("map"))
+        .filter(|m| m["name"] == map)
+        .flat_map(|m| m["elem"].as_array().cloned().unwrap_or_default())
+        .map(|pair| {
+            let (key, data) = (&pair[0], &pair[1]);
+            match key.get("elem") {
+                Some(e) => format!("{} : {} {}", concat(&e["val"]), concat(data), e["comment"]),
+                None => format!("{} : {}", concat(key), concat(data)),
+            }
+        })
+        .collect();
+    els.sort();
+    els
+}
+
+#[test]
+fn nft_elements_match_nfts_own_view() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new(31);
+    // Maps only, no chains: these elements never DNAT the node's real traffic.
+    nft::run(&env.table, &nft::ensure_maps_script(&env.table)).unwrap();
+    let ip = Ipv4Addr::new(10, 250, 31, 7);
+    let pms = [
+        tcp(80, 8080),
+        PortMapping {
+            protocol: Protocol::Udp,
+            container_port: 53,
+            host_port: 5353,
+            host_ip: Some("127.0.0.1".parse().unwrap()),
+        },
+        PortMapping {
+            protocol: Protocol::Sctp,
+            container_port: 9,
+            host_port: 65535,
+            host_ip: None,
+        },
+    ];
+    let pod = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    nft::add_elements(&env.table, pod, ip, &pms).unwrap();
+    assert_eq!(
+        nft_elements(&env.table, "hp_any"),
+        vec![
+            format!("sctp . 65535 : 10.250.31.7 . 9 \"pod {pod}\""),
+            format!("tcp . 8080 : 10.250.31.7 . 80 \"pod {pod}\""),
+        ]
+    );
+    assert_eq!(
+        nft_elements(&env.table, "hp_ip"),
+        vec![format!(
+            "127.0.0.1 . udp . 5353 : 10.250.31.7 . 53 \"pod {pod}\""
+        )]
+    );
+    // Adding again is fine (a retried setup); deleting twice too (a retried teardown).
+    nft::add_elements(&env.table, pod, ip, &pms).unwrap();
+    nft::delete_elements(&env.table, pod, ip, &pms).unwrap();
+    nft::delete_elements(&env.table, pod, ip, &pms).unwrap();
+    assert!(nft_elements(&env.table, "hp_any").is_empty());
+    assert!(nft_elements(&env.table, "hp_ip").is_empty());
+}
+
+#[test]
+fn many_host_ports_span_batches_and_a_late_failure_leaves_nothing() {
+    if !is_root() {
+        return;
+    }
+    let env = Env::new(32);
+    // Maps only, no chains: these elements never DNAT the node's real traffic.
+    nft::run(&env.table, &nft::ensure_maps_script(&env.table)).unwrap();
+    let ip = Ipv4Addr::new(10, 250, 32, 7);
+    let pms: Vec<PortMapping> = (0..1000).map(|i| tcp(8000, 30000 + i)).collect();
+    nft::add_elements(&env.table, "many", ip, &pms).unwrap();
+    assert_eq!(nft_elements(&env.table, "hp_any").len(), 1000);
+    nft::delete_elements(&env.table, "many", ip, &pms).unwrap();
+    assert!(nft_elements(&env.table, "hp_any").is_empty());
+
+    // An element of the same key with other data, written behind berth's back: the kernel
+    // refuses the batch holding port 30900, after earlier batches already committed.
+    nft::run(
+        &env.table,
+        &format!(
+            "add element ip {} hp_any {{ tcp . 30900 : 10.250.32.99 . 1 }}\n",
+            env.table
+        ),
+    )
+    .unwrap();
+    let err = nft::add_elements(&env.table, "many", ip, &pms).unwrap_err();
+    assert!(err.to_string().contains("tcp/30900"), "{err}");
+    assert!(err.to_string().contains("File exists"), "{err}");
+    assert_eq!(
+        nft_elements(&env.table, "hp_any"),
+        vec!["tcp . 30900 : 10.250.32.99 . 1"]
+    );
+}

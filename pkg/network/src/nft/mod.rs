@@ -2,11 +2,11 @@
 //!
 //! hostPorts are elements of two maps (`hp_any`: proto . port, `hp_ip`: daddr . proto . port,
 //! both mapping to pod ip . port), looked up by two fixed DNAT rules. A pod's rules are exactly
-//! its elements (commented `pod <id>`), so setup and teardown each are one nf_tables transaction,
-//! sent over netlink without an nft process, that adds or deletes those elements and cannot
-//! disturb another pod or another table. Chains have accept policies and only DNAT exact
-//! matches, so nothing in other tables is shadowed. The base table (daemon start) and the
-//! reconcile rewrite are rare and use `nft -f -` for readability.
+//! its elements (commented `pod <id>`), so setup and teardown only add or delete those elements,
+//! over netlink without an nft process (`wire`), and cannot disturb another pod or another
+//! table. Chains have accept policies and only DNAT exact matches, so nothing in other tables
+//! is shadowed. The base table (daemon start) and the reconcile rewrite are rare and use
+//! `nft -f -` for readability.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -15,8 +15,11 @@ use std::process::{Command, Stdio};
 use ipnet::Ipv4Net;
 
 use crate::error::{NetworkError, Result};
-use crate::netlink::{Netlink, SetElemOp};
+use crate::netlink::Socket;
 use crate::types::PortMapping;
+use wire::SetElemOp;
+
+mod wire;
 
 /// The base table. `add` is idempotent for tables, chains and maps, and the chains are flushed
 /// and refilled in the same transaction, so re-running at daemon start updates the rules while
@@ -131,46 +134,35 @@ fn elem_ops(
     pms: &[PortMapping],
     add: bool,
 ) -> Vec<SetElemOp> {
-    let mut ops = Vec::new();
-    for p in pms.iter().filter(|p| p.publishes()) {
-        let (set, key) = key_bytes(p);
-        let mut data = pod_ip.octets().to_vec();
-        let port = p.container_port.to_be_bytes();
-        data.extend_from_slice(&[port[0], port[1], 0, 0]);
-        let op = SetElemOp {
-            add: true,
-            table: table.into(),
-            set: set.into(),
-            key,
-            data: Some(data),
-            comment: Some(format!("pod {pod_id}")),
-        };
-        if !add {
-            // Adding the element first in the same transaction makes a repeated delete succeed
-            // (the kernel has no "delete if present" before 6.3's DESTROY).
-            ops.push(op.clone());
-            ops.push(SetElemOp {
-                add: false,
-                data: None,
-                comment: None,
-                ..op
-            });
-        } else {
-            ops.push(op);
-        }
-    }
-    ops
-}
-
-fn netlink_err(table: &str, e: std::io::Error) -> NetworkError {
-    NetworkError::Nft {
-        table: table.into(),
-        message: format!("netlink: {e}"),
+    let adds: Vec<SetElemOp> = pms
+        .iter()
+        .filter(|p| p.publishes())
+        .map(|p| {
+            let (set, key) = key_bytes(p);
+            let mut data = pod_ip.octets().to_vec();
+            let port = p.container_port.to_be_bytes();
+            data.extend_from_slice(&[port[0], port[1], 0, 0]);
+            SetElemOp {
+                add: true,
+                table: table.into(),
+                set: set.into(),
+                key,
+                data: Some(data),
+                comment: Some(format!("pod {pod_id}")),
+            }
+        })
+        .collect();
+    if add {
+        adds
+    } else {
+        delete_ops(&adds)
     }
 }
 
-/// Adds the pod's hostPort elements in one nf_tables transaction over netlink (no nft process:
-/// spawning nft costs 7-17 ms, the netlink batch well under one).
+/// Adds the pod's hostPort elements over netlink (no nft process: spawning nft costs 7-17 ms,
+/// a netlink batch well under one). A pod with more elements than fit one batch datagram gets
+/// several batches, each its own transaction; if one fails, the elements the earlier ones added
+/// are deleted again, so the call adds all or nothing.
 pub(crate) fn add_elements(
     table: &str,
     pod_id: &str,
@@ -181,13 +173,47 @@ pub(crate) fn add_elements(
     if ops.is_empty() {
         return Ok(());
     }
-    Netlink::open_netfilter()
-        .and_then(|mut nl| nl.nft_setelem_batch(&ops))
-        .map_err(|e| netlink_err(table, e))
+    let published: Vec<&PortMapping> = pms.iter().filter(|p| p.publishes()).collect();
+    let err = |message: String| NetworkError::Nft {
+        table: table.into(),
+        message,
+    };
+    let mut sock = Socket::open(netlink_sys::protocols::NETLINK_NETFILTER)
+        .map_err(|e| err(format!("netlink: {e}")))?;
+    for range in wire::chunks(&ops, wire::BATCH_MAX) {
+        let start = range.start;
+        let Err(e) = wire::apply(&mut sock, &ops[range]) else {
+            continue;
+        };
+        if start > 0 {
+            // A fresh socket: after a failed batch the old one may hold unread replies.
+            let undo = Socket::open(netlink_sys::protocols::NETLINK_NETFILTER)
+                .map_err(|source| wire::BatchError { op: None, source })
+                .and_then(|mut s| apply_all(&mut s, &delete_ops(&ops[..start])));
+            if let Err(u) = undo {
+                tracing::warn!(table, pod_id, error = %u.source, "undo hostPort elements of a failed setup");
+            }
+        }
+        let what = match e.op.and_then(|i| published.get(start + i)) {
+            Some(p) => format!(
+                "add hostPort {}/{}{}: {}",
+                p.protocol,
+                p.host_port,
+                p.bound_ip()
+                    .map(|ip| format!(" on {ip}"))
+                    .unwrap_or_default(),
+                e.source
+            ),
+            None => format!("add hostPort elements: {}", e.source),
+        };
+        return Err(err(format!("netlink: {what}")));
+    }
+    Ok(())
 }
 
-/// Deletes the pod's hostPort elements in one transaction. A missing table or map means there is
-/// nothing to delete.
+/// Deletes the pod's hostPort elements. A missing table or map means there is nothing to
+/// delete. Each batch is idempotent, so a failure midway is retried whole by the caller's
+/// next teardown.
 pub(crate) fn delete_elements(
     table: &str,
     pod_id: &str,
@@ -198,10 +224,43 @@ pub(crate) fn delete_elements(
     if ops.is_empty() {
         return Ok(());
     }
-    match Netlink::open_netfilter().and_then(|mut nl| nl.nft_setelem_batch(&ops)) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        r => r.map_err(|e| netlink_err(table, e)),
+    let r = Socket::open(netlink_sys::protocols::NETLINK_NETFILTER)
+        .map_err(|source| wire::BatchError { op: None, source })
+        .and_then(|mut s| apply_all(&mut s, &ops));
+    match r {
+        Err(e) if e.source.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r.map_err(|e| NetworkError::Nft {
+            table: table.into(),
+            message: format!("netlink: delete hostPort elements: {}", e.source),
+        }),
     }
+}
+
+/// Applies `ops` in as many batches as they need, stopping at the first failure.
+fn apply_all(sock: &mut Socket, ops: &[SetElemOp]) -> std::result::Result<(), wire::BatchError> {
+    for range in wire::chunks(ops, wire::BATCH_MAX) {
+        wire::apply(sock, &ops[range])?;
+    }
+    Ok(())
+}
+
+/// The delete batch of elements `adds` created: each element re-added first in the same
+/// transaction, so the delete succeeds whether or not it is still there (the kernel has no
+/// "delete if present" before 6.3's DESTROY).
+fn delete_ops(adds: &[SetElemOp]) -> Vec<SetElemOp> {
+    adds.iter()
+        .flat_map(|op| {
+            [
+                op.clone(),
+                SetElemOp {
+                    add: false,
+                    data: None,
+                    comment: None,
+                    ..op.clone()
+                },
+            ]
+        })
+        .collect()
 }
 
 /// Replaces all hostPort elements with those of the live pods, atomically.
