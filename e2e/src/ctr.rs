@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
@@ -426,4 +427,30 @@ pub fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
     .map(|root| PathBuf::from(format!("{root}{path}")))
     .filter(|p| p.is_dir())
     .collect()
+}
+
+/// berthctl, built next to berthd.
+pub fn berthctl_bin() -> PathBuf {
+    berthd_bin().with_file_name("berthctl")
+}
+
+/// Runs berthctl against `d`: success, stdout, stderr.
+pub fn ctl(d: &Daemon, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(berthctl_bin())
+        .arg("-r")
+        .arg(format!("unix://{}", d.socket.display()))
+        .args(args)
+        .output()
+        .expect("berthctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn ctl_ok(d: &Daemon, args: &[&str]) -> String {
+    let (ok, out, err) = ctl(d, args);
+    assert!(ok, "berthctl {args:?} failed: {err}\n{out}");
+    out
 }

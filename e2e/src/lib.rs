@@ -702,6 +702,14 @@ pub fn remove_cgroup_tree(parent: &str) {
             dirs.push(d);
         }
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        // Whatever still runs in the tree (a pod's PID-namespace holder, a container whose
+        // runtime state is gone) would keep its cgroup busy: it goes first.
+        for d in &dirs {
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
         for d in dirs {
             settled(|| match std::fs::remove_dir(&d) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => vec![()],

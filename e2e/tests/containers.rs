@@ -1051,30 +1051,6 @@ async fn create_retry_after_a_client_timeout_and_a_crash_mid_create() {
     e.remove_ctr(&id).await;
 }
 
-fn berthctl_bin() -> PathBuf {
-    berthd_bin().with_file_name("berthctl")
-}
-
-fn ctl(d: &Daemon, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(berthctl_bin())
-        .arg("-r")
-        .arg(format!("unix://{}", d.socket.display()))
-        .args(args)
-        .output()
-        .expect("berthctl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ctl_ok(d: &Daemon, args: &[&str]) -> String {
-    let (ok, out, err) = ctl(d, args);
-    assert!(ok, "berthctl {args:?} failed: {err}\n{out}");
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn berthctl_drives_the_container_lifecycle_like_crictl() {
     let Some(e) = start().await else { return };

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use berth_e2e::cri::{self, ContainerConfig};
 use berth_e2e::ctr::*;
+use berth_e2e::required;
 use tonic::Code;
 
 const NET: Net = Net {
@@ -645,4 +646,142 @@ async fn events_reach_two_subscribers_in_order_and_a_stalled_one_blocks_nothing(
     e.rt.version(cri::VersionRequest::default())
         .await
         .expect("Version");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berthctl_stats_statsp_update_events_and_security_in_inspect() {
+    let Some(mut e) = start().await else { return };
+    if !berthctl_bin().is_file() {
+        assert!(!required(), "berthctl binary missing");
+        return;
+    }
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    // `events` follows the stream from before the pod exists.
+    let mut events = std::process::Command::new(berthctl_bin())
+        .arg("-r")
+        .arg(format!("unix://{}", e.d.socket.display()))
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("berthctl events");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (pod, pc) = e.pod("ctlstats").await;
+    let id = e
+        .run_ctr(&pod, &pc, sh("spin", &bb, "while :; do :; done"))
+        .await;
+
+    let table = ctl_ok(&e.d, &["stats", "-s", "1"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split("  ")
+        .filter(|c| !c.is_empty())
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "CONTAINER",
+            "NAME",
+            "CPU %",
+            "MEM",
+            "DISK",
+            "INODES",
+            "SWAP"
+        ]
+    );
+    let row: Vec<&str> = lines.next().expect("a row").split_whitespace().collect();
+    assert_eq!(row[0], &id[..13]);
+    assert_eq!(row[1], "spin");
+    let cpu: f64 = row[2].parse().expect("cpu %");
+    assert!(cpu > 2.0, "a busy loop at {cpu}%\n{table}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ctl_ok(&e.d, &["stats", "-o", "json", "--id", &id])).expect("json");
+    assert_eq!(json["stats"][0]["attributes"]["id"], id.as_str());
+    assert!(json["stats"][0]["cpu"]["usageCoreNanoSeconds"]["value"].is_string());
+
+    let pods = ctl_ok(&e.d, &["statsp", "-s", "1"]);
+    assert!(pods.starts_with("POD "), "{pods}");
+    assert!(
+        pods.contains("ctlstats") && pods.contains(&pod[..13]),
+        "{pods}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ctl_ok(&e.d, &["statsp", "-o", "json", "--id", &pod])).expect("json");
+    assert_eq!(
+        json["stats"][0]["linux"]["network"]["defaultInterface"]["name"],
+        "eth0"
+    );
+
+    if cgroup_v1() {
+        assert_eq!(
+            ctl_ok(
+                &e.d,
+                &[
+                    "update",
+                    "--memory",
+                    "123731968",
+                    "--cpu-quota",
+                    "30000",
+                    "--cpu-period",
+                    "100000",
+                    &id
+                ]
+            )
+            .trim(),
+            id
+        );
+        let path = cgroups_path(&mut e, &id).await;
+        assert_eq!(
+            read_cgroup("memory", &path, "memory.limit_in_bytes"),
+            "123731968"
+        );
+        assert_eq!(read_cgroup("cpu", &path, "cpu.cfs_quota_us"), "30000");
+    }
+    let (ok, _, err) = ctl(&e.d, &["update", "--memory", "1000", "nosuchcontainer"]);
+    assert!(!ok && err.contains("NotFound"), "{err}");
+
+    // inspect tells what the security context became.
+    let v: serde_json::Value =
+        serde_json::from_str(&ctl_ok(&e.d, &["inspect", &id])).expect("inspect json");
+    let sec = &v["info"]["effectiveSecurityContext"];
+    assert_eq!(sec["user"]["uid"], 0, "{sec}");
+    assert!(sec["capabilities"]["bounding"]
+        .as_array()
+        .is_some_and(|caps| caps.iter().any(|c| c == "CAP_CHOWN")));
+    assert!(
+        sec["maskedPaths"].as_array().is_some_and(|p| !p.is_empty()),
+        "{sec}"
+    );
+
+    e.stop_ctr(&id, 0).await;
+    e.remove_ctr(&id).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = events.kill();
+    let out = events.wait_with_output().expect("events output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut seen = Vec::new();
+    let mut de = serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>();
+    while let Some(Ok(ev)) = de.next() {
+        if ev["containerId"] == id.as_str() {
+            seen.push(
+                ev["containerEventType"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "CONTAINER_CREATED_EVENT",
+            "CONTAINER_STARTED_EVENT",
+            "CONTAINER_STOPPED_EVENT",
+            "CONTAINER_DELETED_EVENT"
+        ],
+        "{text}"
+    );
 }

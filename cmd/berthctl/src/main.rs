@@ -69,6 +69,14 @@ enum Command {
     Exec(commands::exec::Args),
     /// Run a new container inside a sandbox
     Run(commands::run::Args),
+    /// List container(s) resource usage statistics
+    Stats(commands::stats::Args),
+    /// List pod statistics
+    Statsp(commands::stats::PodArgs),
+    /// Update one or more running containers
+    Update(commands::update::Args),
+    /// Stream the events of containers
+    Events(commands::events::Args),
     /// List pods
     Pods(commands::pods::Args),
     /// Display the status of one or more pods
@@ -103,6 +111,10 @@ async fn main() -> ExitCode {
         Command::Logs(a) => commands::logs::run(g, a).await,
         Command::Exec(a) => commands::exec::run(g, a).await,
         Command::Run(a) => commands::run::run(g, a).await,
+        Command::Stats(a) => commands::stats::run(g, a).await,
+        Command::Statsp(a) => commands::stats::run_pods(g, a).await,
+        Command::Update(a) => commands::update::run(g, a).await,
+        Command::Events(a) => commands::events::run(g, a).await,
         Command::Pods(a) => commands::pods::run(g, a).await,
         Command::Inspectp(a) => commands::inspectp::run(g, a).await,
         Command::Netns(a) => commands::netns::run(g, a).await,

@@ -246,6 +246,15 @@ pub(crate) fn print(v: &Value, format: Format) -> Result<()> {
 
 /// docker/go-units `HumanSizeWithPrecision(size, 3)`: decimal units, 3 significant digits.
 pub(crate) fn human_size(bytes: u64) -> String {
+    human_size_with_precision(bytes, 3)
+}
+
+/// docker/go-units `HumanSize` (4 significant digits), what crictl's stats tables use.
+pub(crate) fn human_size_go(bytes: u64) -> String {
+    human_size_with_precision(bytes, 4)
+}
+
+fn human_size_with_precision(bytes: u64, precision: usize) -> String {
     const UNITS: [&str; 9] = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
     let mut size = bytes as f64;
     let mut i = 0;
@@ -253,7 +262,28 @@ pub(crate) fn human_size(bytes: u64) -> String {
         size /= 1000.0;
         i += 1;
     }
-    format!("{}{}", format_g(size, 3), UNITS[i])
+    format!("{}{}", format_g(size, precision), UNITS[i])
+}
+
+/// protojson writes 64-bit integers as strings: turns every integer below `v` into one, except
+/// under the keys in `narrow` (32-bit fields).
+pub(crate) fn int64_as_strings(v: &mut Value, narrow: &[&str]) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                if MAP_FIELDS.contains(&k.as_str()) {
+                    continue;
+                }
+                if narrow.contains(&k.as_str()) && child.is_number() {
+                    continue;
+                }
+                int64_as_strings(child, narrow);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| int64_as_strings(i, narrow)),
+        Value::Number(n) if n.is_i64() || n.is_u64() => *v = Value::String(n.to_string()),
+        _ => {}
+    }
 }
 
 /// Go's `%.{prec}g` for non-negative finite values.

@@ -4,6 +4,7 @@ pub(crate) mod bench;
 pub(crate) mod bench_containers;
 pub(crate) mod bench_pods;
 pub(crate) mod create;
+pub(crate) mod events;
 pub(crate) mod exec;
 pub(crate) mod imagefsinfo;
 pub(crate) mod images;
@@ -22,8 +23,10 @@ pub(crate) mod rmp;
 pub(crate) mod run;
 pub(crate) mod runp;
 pub(crate) mod start;
+pub(crate) mod stats;
 pub(crate) mod stop;
 pub(crate) mod stopp;
+pub(crate) mod update;
 pub(crate) mod version;
 
 use k8s_cri::v1::ImageSpec;

@@ -35,6 +35,7 @@ fn verbose_info(rec: &ContainerRecord) -> HashMap<String, String> {
         .ok()
         .and_then(|d| serde_json::from_slice(&d).ok())
         .unwrap_or(serde_json::Value::Null);
+    let security = effective_security(&spec);
     let info = serde_json::json!({
         "sandboxID": rec.pod_id,
         "pid": rec.pid,
@@ -46,9 +47,35 @@ fn verbose_info(rec: &ContainerRecord) -> HashMap<String, String> {
         "cgroupsPath": rec.cgroups_path,
         "stopSignal": rec.stop_signal,
         "user": rec.user,
+        "effectiveSecurityContext": security,
         "runtimeSpec": spec,
     });
     HashMap::from([("info".to_string(), info.to_string())])
+}
+
+/// What the container's process really runs with, read back from its OCI spec: the answer to
+/// "what did my securityContext turn into" without reading the whole spec.
+fn effective_security(spec: &serde_json::Value) -> serde_json::Value {
+    let process = &spec["process"];
+    let linux = &spec["linux"];
+    let seccomp = match linux.get("seccomp") {
+        None | Some(serde_json::Value::Null) => serde_json::json!("unconfined"),
+        Some(s) => serde_json::json!({
+            "defaultAction": s["defaultAction"],
+            "rules": s["syscalls"].as_array().map_or(0, Vec::len),
+        }),
+    };
+    serde_json::json!({
+        "user": process["user"],
+        "capabilities": process["capabilities"],
+        "noNewPrivileges": process["noNewPrivileges"].as_bool().unwrap_or(false),
+        "seccomp": seccomp,
+        "apparmorProfile": process["apparmorProfile"],
+        "readonlyRootfs": spec["root"]["readonly"].as_bool().unwrap_or(false),
+        "maskedPaths": linux["maskedPaths"],
+        "readonlyPaths": linux["readonlyPaths"],
+        "namespaces": linux["namespaces"],
+    })
 }
 
 impl RuntimeApi {
