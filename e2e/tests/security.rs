@@ -568,6 +568,30 @@ async fn capabilities_users_and_no_new_privs_are_seen_in_proc_status() {
     assert_refused(&err, Code::InvalidArgument, &["add_ambient_capabilities"]);
 }
 
+/// kubelet checks runAsNonRoot itself, against the uid (or name) ImageStatus reports: a named
+/// image user cannot be verified and kubelet refuses the container, so the name must come
+/// through as a name, not as uid 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_status_reports_the_user_kubelets_run_as_non_root_check_reads() {
+    let Some(e) = start().await else { return };
+    let entry = e.img.get("ENTRY_REF");
+    e.d.pull_ok(&entry).await;
+    let named =
+        e.d.status(&entry)
+            .await
+            .expect("ImageStatus")
+            .expect("image");
+    assert_eq!(named.uid, None, "{named:?}");
+    assert_eq!(named.username, "app");
+    let root =
+        e.d.status(&e.bb())
+            .await
+            .expect("ImageStatus")
+            .expect("image");
+    assert_eq!(root.uid.map(|u| u.value), Some(0), "{root:?}");
+    assert!(root.username.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seccomp_runtime_default_localhost_and_deprecated_paths() {
     let Some(mut e) = start().await else { return };

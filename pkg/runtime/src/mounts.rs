@@ -188,14 +188,17 @@ pub fn recursive_read_only_supported() -> bool {
 
 /// Makes each of `destinations` (container paths of bind mounts) read-only with every mount
 /// below it, inside the mount namespace of process `pid` (a created, not yet started
-/// container). Paths resolve inside the container's root: after `setns` the thread's root is
-/// the container's, and the lookup is confined to it (`RESOLVE_IN_ROOT`).
+/// container). Paths resolve inside the container's root (`/proc/<pid>/root`, with
+/// `RESOLVE_IN_ROOT`), as runc resolved them when it mounted there.
 pub fn make_recursive_read_only(pid: i32, destinations: &[String]) -> Result<()> {
     if destinations.is_empty() {
         return Ok(());
     }
     let ns_path = PathBuf::from(format!("/proc/{pid}/ns/mnt"));
     let ns = File::open(&ns_path).map_err(|e| Error::io("open", &ns_path, e))?;
+    // The container's root as its process sees it (pivot_root or chroot alike), opened while
+    // /proc still shows berthd's PID numbers.
+    let root = berth_sys::root::open_root(Path::new(&format!("/proc/{pid}/root")))?;
     std::thread::scope(|s| {
         let handle = std::thread::Builder::new()
             .name("berth-rro".into())
@@ -206,7 +209,6 @@ pub fn make_recursive_read_only(pid: i32, destinations: &[String]) -> Result<()>
                     .map_err(|e| Error::io("unshare CLONE_FS for", &ns_path, e))?;
                 nix::sched::setns(&ns, CloneFlags::CLONE_NEWNS)
                     .map_err(|e| Error::io("setns", &ns_path, e))?;
-                let root = berth_sys::root::open_root(Path::new("/"))?;
                 for dst in destinations {
                     let fd: OwnedFd = berth_sys::root::open_in_root(
                         root.as_raw_fd(),
