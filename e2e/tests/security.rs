@@ -1196,6 +1196,27 @@ async fn recursive_read_only_mounts_make_submounts_read_only() {
         ["top-refused", "sub-refused", "ro"],
         "{out}"
     );
+    // A read-write mount of the request below the rro one stays writable, as it would with a
+    // runtime that makes the rro mount before mounting the deeper ones.
+    let rw = host.path("rw");
+    std::fs::create_dir_all(&rw).unwrap();
+    let script_rw = format!("{script}; touch /data/sub/rw/f && echo rw-written");
+    let mut c = container("rro-rw", &bb, &["sh", "-c", &script_rw]);
+    c.mounts = vec![
+        cri::Mount {
+            readonly: true,
+            recursive_read_only: true,
+            ..bind("/data", &src)
+        },
+        bind("/data/sub/rw", &rw),
+    ];
+    let out = e.sh(&pod, &pc, c).await;
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["top-refused", "sub-refused", "ro", "rw-written"],
+        "{out}"
+    );
+    assert!(rw.join("f").exists());
     // Plain readonly leaves the submount writable: that is what rro is for.
     let mut c = container("ro", &bb, &["sh", "-c", script]);
     c.mounts = vec![cri::Mount {

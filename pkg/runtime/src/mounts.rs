@@ -150,14 +150,21 @@ struct MountAttr {
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 
+/// `mount_setattr(2)` setting (`read_only`) or clearing MOUNT_ATTR_RDONLY.
 fn mount_setattr(
     dirfd: libc::c_int,
     path: &std::ffi::CStr,
     flags: libc::c_uint,
+    read_only: bool,
 ) -> Result<(), Errno> {
+    let (attr_set, attr_clr) = if read_only {
+        (MOUNT_ATTR_RDONLY, 0)
+    } else {
+        (0, MOUNT_ATTR_RDONLY)
+    };
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
+        attr_set,
+        attr_clr,
         propagation: 0,
         userns_fd: 0,
     };
@@ -183,14 +190,23 @@ fn mount_setattr(
 /// Whether this kernel has `mount_setattr(2)` (Linux ≥ 5.12): a call with a bad descriptor
 /// answers EBADF where it exists and ENOSYS where it does not.
 pub fn recursive_read_only_supported() -> bool {
-    mount_setattr(-1, c"", libc::AT_EMPTY_PATH as libc::c_uint) != Err(Errno::ENOSYS)
+    mount_setattr(-1, c"", libc::AT_EMPTY_PATH as libc::c_uint, true) != Err(Errno::ENOSYS)
 }
 
 /// Makes each of `destinations` (container paths of bind mounts) read-only with every mount
 /// below it, inside the mount namespace of process `pid` (a created, not yet started
 /// container). Paths resolve inside the container's root (`/proc/<pid>/root`, with
 /// `RESOLVE_IN_ROOT`), as runc resolved them when it mounted there.
-pub fn make_recursive_read_only(pid: i32, destinations: &[String]) -> Result<()> {
+///
+/// `writable` lists the container's other read-write mounts. runc would have made a
+/// recursive read-only mount before mounting the deeper ones, so one of those below a
+/// destination gets its own read-write flag back (only if it had it: a host mount that is
+/// read-only stays so); its submounts stay read-only, the stricter side.
+pub fn make_recursive_read_only(
+    pid: i32,
+    destinations: &[String],
+    writable: &[String],
+) -> Result<()> {
     if destinations.is_empty() {
         return Ok(());
     }
@@ -199,6 +215,27 @@ pub fn make_recursive_read_only(pid: i32, destinations: &[String]) -> Result<()>
     // The container's root as its process sees it (pivot_root or chroot alike), opened while
     // /proc still shows berthd's PID numbers.
     let root = berth_sys::root::open_root(Path::new(&format!("/proc/{pid}/root")))?;
+    let open = |dst: &str| -> Result<OwnedFd> {
+        // Symlinks followed (inside the root), as runc resolved the destination when it
+        // mounted there.
+        berth_sys::root::open_in_root(root.as_raw_fd(), dst.as_bytes(), OFlag::O_PATH)
+            .map_err(|e| Error::io("open in the container", dst, e))
+    };
+    let setattr = |fd: &OwnedFd, dst: &str, flags: libc::c_uint, read_only: bool| {
+        mount_setattr(
+            fd.as_raw_fd(),
+            c"",
+            libc::AT_EMPTY_PATH as libc::c_uint | flags,
+            read_only,
+        )
+        .map_err(|e| match e {
+            Errno::ENOSYS => Error::invalid(
+                "mounts.recursive_read_only",
+                "needs mount_setattr(2), Linux 5.12 or later",
+            ),
+            e => Error::io("change the read-only flag of", dst, e),
+        })
+    };
     std::thread::scope(|s| {
         let handle = std::thread::Builder::new()
             .name("berth-rro".into())
@@ -210,26 +247,20 @@ pub fn make_recursive_read_only(pid: i32, destinations: &[String]) -> Result<()>
                 nix::sched::setns(&ns, CloneFlags::CLONE_NEWNS)
                     .map_err(|e| Error::io("setns", &ns_path, e))?;
                 for dst in destinations {
-                    let fd: OwnedFd = berth_sys::root::open_in_root(
-                        root.as_raw_fd(),
-                        dst.as_bytes(),
-                        // Symlinks followed (inside the root), as runc resolved the destination
-                        // when it mounted there.
-                        OFlag::O_PATH,
-                    )
-                    .map_err(|e| Error::io("open in the container", dst, e))?;
-                    mount_setattr(
-                        fd.as_raw_fd(),
-                        c"",
-                        libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
-                    )
-                    .map_err(|e| match e {
-                        Errno::ENOSYS => Error::invalid(
-                            "mounts.recursive_read_only",
-                            "needs mount_setattr(2), Linux 5.12 or later",
-                        ),
-                        e => Error::io("make recursively read-only", dst, e),
-                    })?;
+                    let mut restore = Vec::new();
+                    for inner in writable.iter().filter(|w| is_below(w, dst)) {
+                        let fd = open(inner)?;
+                        let flags = rustix::fs::fstatvfs(&fd)
+                            .map_err(|e| Error::io("statvfs", inner, std::io::Error::from(e)))?
+                            .f_flag;
+                        if !flags.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+                            restore.push((inner, fd));
+                        }
+                    }
+                    setattr(&open(dst)?, dst, AT_RECURSIVE, true)?;
+                    for (inner, fd) in restore {
+                        setattr(&fd, inner, 0, false)?;
+                    }
                 }
                 Ok(())
             })
@@ -239,6 +270,13 @@ pub fn make_recursive_read_only(pid: i32, destinations: &[String]) -> Result<()>
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })
+}
+
+/// `path` is strictly below `dir` (both cleaned absolute container paths).
+fn is_below(path: &str, dir: &str) -> bool {
+    path.len() > dir.len()
+        && path.starts_with(dir)
+        && (dir == "/" || path.as_bytes()[dir.len()] == b'/')
 }
 
 #[cfg(test)]
@@ -323,6 +361,15 @@ mod tests {
             .to_string();
         assert!(msg.contains("needs a shared mount"), "{msg}");
         assert!(check("/anything", Propagation::Private).is_ok());
+    }
+
+    #[test]
+    fn below_means_a_strict_path_descendant() {
+        assert!(is_below("/data/x", "/data"));
+        assert!(is_below("/data/x/y", "/data"));
+        assert!(!is_below("/data", "/data"));
+        assert!(!is_below("/database", "/data"));
+        assert!(is_below("/x", "/"));
     }
 
     #[test]

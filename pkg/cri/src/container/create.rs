@@ -257,7 +257,19 @@ fn acquire(
         .filter(|m| m.recursive_read_only)
         .map(|m| m.container_path.clone())
         .collect();
-    berth_runtime::mounts::make_recursive_read_only(rec.pid, &rro).map_err(to_status)?;
+    let writable: Vec<String> = oci
+        .mounts()
+        .iter()
+        .flatten()
+        .filter(|m| {
+            !m.options()
+                .iter()
+                .flatten()
+                .any(|o| o == "ro" || o == "rro")
+        })
+        .map(|m| m.destination().to_string_lossy().into_owned())
+        .collect();
+    berth_runtime::mounts::make_recursive_read_only(rec.pid, &rro, &writable).map_err(to_status)?;
     Ok(())
 }
 
