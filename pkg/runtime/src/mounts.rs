@@ -2,9 +2,8 @@
 //! propagating mount can propagate at all (containerd's `ensureShared` /
 //! `ensureSharedOrSlave`), and recursive read-only mounts.
 //!
-//! Why recursive read-only is done here and not by runc: runc 1.1 knows no `rro` option (it
-//! would pass it on as mount data, which a bind mount ignores, and leave the submounts
-//! writable). After `runc create` the container's mount namespace is complete and its process
+//! Why recursive read-only is done here and not by runc: runc 1.1 has no `rro` option (it came
+//! with runc 1.2), and its `ro` covers only the top mount of an `rbind`. After `runc create` the container's mount namespace is complete and its process
 //! has not started, so berth enters that namespace on a dedicated thread (after
 //! `unshare(CLONE_FS)`, which a thread of a multithreaded process needs before it may change its
 //! mount namespace) and applies `mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY)` to each such
