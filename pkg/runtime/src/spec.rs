@@ -216,9 +216,6 @@ pub struct PodContext {
     pub shm: PathBuf,
     /// The container's full `cgroupsPath` (cgroupfs style, `/kubepods/.../pod<uid>/<id>`).
     pub cgroups_path: String,
-    /// The pod's sysctls, validated when the pod was created (namespaced ones only).
-    #[serde(default)]
-    pub sysctls: Vec<(String, String)>,
 }
 
 /// The user the container's process runs as, resolved in the image's `/etc/passwd` and
@@ -408,14 +405,8 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec> {
     linux.set_net_devices(None);
     linux.set_uid_mappings(None);
     linux.set_gid_mappings(None);
-    // The pod's sysctls were written into its pinned namespaces when it started (as
-    // containerd writes them through its pause container). They are repeated here as CRI-O
-    // does: runc writes the same values again in the namespaces the container joins, and a
-    // runtime handler that does not join them (a VM) still gets them.
-    linux.set_sysctl(
-        (!input.pod.sysctls.is_empty())
-            .then(|| input.pod.sysctls.iter().cloned().collect::<HashMap<_, _>>()),
-    );
+    // Pod sysctls were applied to the pinned namespaces when the pod started.
+    linux.set_sysctl(None);
     linux.set_resources(Some(resources(
         c.resources.as_ref(),
         input.node,

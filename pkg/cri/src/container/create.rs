@@ -374,7 +374,6 @@ fn pod_context(pod: &PodRecord, pid: PidNs, cgroups_path: &str) -> PodContext {
         }),
         shm: pod.shm.clone().unwrap_or_else(|| PathBuf::from("/dev/shm")),
         cgroups_path: cgroups_path.to_string(),
-        sysctls: pod.sysctls.clone(),
     }
 }
 

@@ -39,7 +39,6 @@ fn pod() -> PodContext {
         files: Some(pod_files()),
         shm: "/run/berth/pods/p1/shm".into(),
         cgroups_path: String::new(),
-        sysctls: Vec::new(),
     }
 }
 
@@ -54,7 +53,6 @@ fn host_pod() -> PodContext {
         files: Some(pod_files()),
         shm: "/dev/shm".into(),
         cgroups_path: String::new(),
-        sysctls: Vec::new(),
     }
 }
 
@@ -1348,19 +1346,6 @@ fn no_user_namespace_hostname_or_sysctls() {
         .unwrap()
         .iter()
         .any(|n| n["type"] == "user"));
-}
-
-#[test]
-fn pod_sysctls_are_in_every_containers_spec() {
-    let mut case = Case::new(ContainerSpec::default());
-    case.pod.sysctls = vec![
-        ("kernel.shm_rmid_forced".into(), "1".into()),
-        ("net.ipv4.ip_unprivileged_port_start".into(), "80".into()),
-    ];
-    assert_eq!(
-        case.json()["linux"]["sysctl"],
-        json!({"kernel.shm_rmid_forced": "1", "net.ipv4.ip_unprivileged_port_start": "80"})
-    );
 }
 
 #[test]
