@@ -405,7 +405,9 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec> {
     linux.set_net_devices(None);
     linux.set_uid_mappings(None);
     linux.set_gid_mappings(None);
-    // Pod sysctls were applied to the pinned namespaces when the pod started.
+    // Pod sysctls were written into the pinned namespaces when the pod started, once, as
+    // containerd and CRI-O write them through their pause container's spec only; containers
+    // join those namespaces.
     linux.set_sysctl(None);
     linux.set_resources(Some(resources(
         c.resources.as_ref(),
