@@ -101,10 +101,13 @@ impl RuntimeApi {
                 .to_string(),
             );
         }
-        // The empty name stands for the default handler, as the CRI asks.
+        // The empty name stands for the default handler, as the CRI asks. Recursive read-only
+        // mounts are berth's own work (mount_setattr after `runc create`), so every handler has
+        // them where the kernel does.
+        let rro = self.containers.node().recursive_read_only;
         let features = || {
             Some(v1::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
+                recursive_read_only_mounts: rro,
                 user_namespaces: false,
             })
         };

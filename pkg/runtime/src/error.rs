@@ -11,6 +11,10 @@ pub enum Error {
     /// A request field was rejected; `field` uses the CRI spelling (`dns_config.servers[1]`).
     #[error("invalid {field}: {reason}")]
     InvalidArgument { field: String, reason: String },
+    /// The request is valid, but the node is not in a state to honour it (a propagating mount
+    /// whose host side does not propagate).
+    #[error("{field}: {reason}")]
+    Precondition { field: String, reason: String },
     /// The cgroup still has processes, so it cannot be removed.
     #[error("cgroup {path} still has {count} process(es)")]
     CgroupBusy { path: String, count: usize },
@@ -75,7 +79,7 @@ impl HasKind for Error {
     fn kind(&self) -> ErrorKind {
         match self {
             Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
-            Error::CgroupBusy { .. } => ErrorKind::FailedPrecondition,
+            Error::CgroupBusy { .. } | Error::Precondition { .. } => ErrorKind::FailedPrecondition,
             Error::Cgroup { .. } | Error::Holder { .. } => ErrorKind::Internal,
             Error::HolderStuck { .. } => ErrorKind::DeadlineExceeded,
             Error::Io { source, .. } => match source.kind() {

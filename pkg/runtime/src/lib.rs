@@ -4,6 +4,7 @@
 pub mod cgroup;
 mod error;
 pub mod holder;
+pub mod mounts;
 pub mod node;
 pub mod podfiles;
 pub mod rootfs;

@@ -68,6 +68,7 @@ pub fn detect() -> NodeFacts {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_default();
+    facts.recursive_read_only = crate::mounts::recursive_read_only_supported();
     facts.cgroup_v2 = cgroups_rs::hierarchies::is_cgroup2_unified_mode();
     if facts.cgroup_v2 {
         let controllers =

@@ -255,6 +255,9 @@ pub struct NodeFacts {
     /// Every device node under the host's /dev ([`devices::host_devices`]); read only for a
     /// privileged container, so the caller may leave it empty for the others.
     pub host_devices: Vec<DeviceNode>,
+    /// The kernel has `mount_setattr(2)`, so recursive read-only mounts can be honoured
+    /// ([`crate::mounts::make_recursive_read_only`]).
+    pub recursive_read_only: bool,
 }
 
 /// Everything [`build_spec`] reads.
@@ -293,31 +296,6 @@ const DEFAULT_CAPS: [Capability; 14] = [
     Capability::SysChroot,
     Capability::Kill,
     Capability::AuditWrite,
-];
-
-/// containerd's default `linux.maskedPaths` (`populateDefaultUnixSpec`); kubelet sends the same
-/// list for `procMount: Default`.
-const DEFAULT_MASKED_PATHS: [&str; 11] = [
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-    "/proc/scsi",
-];
-
-/// containerd's default `linux.readonlyPaths`.
-const DEFAULT_READONLY_PATHS: [&str; 5] = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
 ];
 
 const ETC_HOSTNAME: &str = "/etc/hostname";
@@ -427,7 +405,9 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec> {
     linux.set_net_devices(None);
     linux.set_uid_mappings(None);
     linux.set_gid_mappings(None);
-    // Pod sysctls were applied to the pinned namespaces when the pod started.
+    // Pod sysctls were written into the pinned namespaces when the pod started, once, as
+    // containerd and CRI-O write them through their pause container's spec only; containers
+    // join those namespaces.
     linux.set_sysctl(None);
     linux.set_resources(Some(resources(
         c.resources.as_ref(),
@@ -441,17 +421,12 @@ pub fn build_spec(input: &SpecInput) -> Result<Spec> {
     linux.set_devices((!devices.is_empty()).then_some(devices));
     linux.set_seccomp(seccomp(sec, &caps.bounding)?);
     linux.set_rootfs_propagation(rootfs_propagation(&c.mounts));
-    let (masked, readonly) = if sec.privileged {
-        (None, None)
-    } else {
-        (
-            Some(paths_or_default(&sec.masked_paths, &DEFAULT_MASKED_PATHS)),
-            Some(paths_or_default(
-                &sec.readonly_paths,
-                &DEFAULT_READONLY_PATHS,
-            )),
-        )
-    };
+    // Exactly the request's lists, as containerd does since containerd#5029: kubelet sends the
+    // defaults for `procMount: Default` and empty lists for `Unmasked`, and proto3 cannot tell
+    // an empty list from an absent one. A path missing in the container is skipped by runc.
+    // Empty lists are left out, as containerd's Go `omitempty` leaves them.
+    let listed = |paths: &[String]| (!sec.privileged && !paths.is_empty()).then(|| paths.to_vec());
+    let (masked, readonly) = (listed(&sec.masked_paths), listed(&sec.readonly_paths));
     linux.set_masked_paths(masked);
     linux.set_readonly_paths(readonly);
     linux.set_mount_label(None);
@@ -571,17 +546,6 @@ fn oom_score_adj(resources: Option<&ResourcesSpec>, node: &NodeFacts) -> Result<
     }
     // The range check above keeps it within i32.
     Ok(Some(adj as i32))
-}
-
-fn paths_or_default(requested: &[String], default: &[&str]) -> Vec<String> {
-    // An empty list cannot be told from an absent one in CRI (proto3 repeated), and kubelet
-    // sends the defaults itself for `procMount: Default`; a client that sends none (crictl)
-    // still gets them rather than an unmasked /proc.
-    if requested.is_empty() {
-        default.iter().map(|p| p.to_string()).collect()
-    } else {
-        requested.to_vec()
-    }
 }
 
 /// The capability sets, each in first-added order (oci-spec stores them as sets).
@@ -853,7 +817,9 @@ fn mounts(input: &SpecInput, cgroupns: bool) -> Result<Vec<Mount>> {
                     "needs private propagation",
                 ))
             }
-            (true, true) => "rro",
+            // runc 1.1 knows no `rro`: runc makes the mount itself read-only and
+            // `mounts::make_recursive_read_only` does its submounts after `runc create`.
+            (true, true) => "ro",
             (true, false) => "ro",
             (false, true) => {
                 return Err(Error::invalid(

@@ -46,6 +46,19 @@ pub fn create(
         .ok_or_else(|| Status::not_found(format!("image {:?} not found", req.image.image)))?;
     let config = mgr.images().config(&image).map_err(to_status)?;
     let defaults = image_defaults(&config);
+    // containerd's "no privileged container allowed in sandbox": a pod that did not ask for
+    // privileges was admitted (by the API server's pod security) without them.
+    if req.spec.security.privileged && !pod.privileged {
+        return Err(Status::invalid_argument(format!(
+            "config.linux.security_context.privileged: pod sandbox {} is not privileged, so its containers may not be",
+            pod.id
+        )));
+    }
+    if req.spec.mounts.iter().any(|m| m.recursive_read_only) && !mgr.node().recursive_read_only {
+        return Err(Status::invalid_argument(
+            "config.mounts.recursive_read_only: this kernel has no mount_setattr(2) (Linux 5.12 or later is needed)",
+        ));
+    }
     let handler = mgr.handler(&pod.runtime_handler)?.clone();
     let pid_ns = pid_namespace(mgr, &pod, &req.pid_mode)?;
     let stop_signal = parse_signal(&defaults.stop_signal).ok_or_else(|| {
@@ -182,6 +195,7 @@ fn acquire(
     for (i, m) in container.mounts.iter_mut().enumerate() {
         m.host_path = host_mount_source(i, &m.host_path)?;
     }
+    check_propagation(&container.mounts)?;
     let ctx = pod_context(pod, pid_ns, &rec.cgroups_path);
     // Only a privileged container sees the host's devices; /dev is read now, not at startup,
     // because it changes while berthd runs.
@@ -237,6 +251,50 @@ fn acquire(
         shim::spawn(mgr.shim_bin(), &shim_config, &paths.shim_log()).map_err(to_status)?;
     rec.pid = spawned.pid;
     rec.shim_pid = spawned.shim_pid;
+    // runc has set up the mounts but started nothing yet: the submounts of recursive read-only
+    // binds become read-only before any process of the container can write to them. A failure
+    // fails the create, and the caller's teardown deletes the container.
+    let rro: Vec<String> = container
+        .mounts
+        .iter()
+        .filter(|m| m.recursive_read_only)
+        .map(|m| m.container_path.clone())
+        .collect();
+    let writable: Vec<String> = oci
+        .mounts()
+        .iter()
+        .flatten()
+        .filter(|m| {
+            !m.options()
+                .iter()
+                .flatten()
+                .any(|o| o == "ro" || o == "rro")
+        })
+        .map(|m| m.destination().to_string_lossy().into_owned())
+        .collect();
+    berth_runtime::mounts::make_recursive_read_only(rec.pid, &rro, &writable).map_err(to_status)?;
+    Ok(())
+}
+
+/// containerd's `ensureShared` / `ensureSharedOrSlave`: a propagating mount whose host side
+/// does not propagate would silently behave as a private one.
+fn check_propagation(mounts: &[spec::MountSpec]) -> Result<(), Status> {
+    if mounts
+        .iter()
+        .all(|m| m.propagation == spec::Propagation::Private)
+    {
+        return Ok(());
+    }
+    let host = berth_runtime::mounts::host_mounts().map_err(to_status)?;
+    for (i, m) in mounts.iter().enumerate() {
+        berth_runtime::mounts::check_propagation(
+            &host,
+            &m.host_path,
+            m.propagation,
+            &format!("config.mounts[{i}].propagation"),
+        )
+        .map_err(to_status)?;
+    }
     Ok(())
 }
 
@@ -346,6 +404,12 @@ fn pid_namespace(mgr: &ContainerManager, pod: &PodRecord, mode: &PidMode) -> Res
                     s
                 }
             })?;
+            // containerd's `validateTargetContainer`: only a container of the same pod.
+            if t.pod_id != pod.id {
+                return Err(Status::invalid_argument(format!(
+                    "config.linux.security_context.namespace_options.target_id: container {target} belongs to another pod sandbox"
+                )));
+            }
             if t.state != ContainerState::Running && t.state != ContainerState::Created {
                 return Err(Status::failed_precondition(format!(
                     "target container {target} is not running"

@@ -786,6 +786,78 @@ mod tests {
     }
 
     #[test]
+    fn recursive_read_only_needs_readonly_and_private_propagation() {
+        let rro = |readonly: bool, propagation: v1::MountPropagation| {
+            move |c: &mut v1::ContainerConfig| {
+                c.mounts.push(v1::Mount {
+                    container_path: "/x".into(),
+                    host_path: "/tmp".into(),
+                    readonly,
+                    recursive_read_only: true,
+                    propagation: propagation as i32,
+                    ..Default::default()
+                })
+            }
+        };
+        let ok = container_request(request(rro(true, v1::MountPropagation::PropagationPrivate)))
+            .unwrap();
+        assert!(ok.spec.mounts[0].recursive_read_only);
+        refused(
+            rro(false, v1::MountPropagation::PropagationPrivate),
+            "config.mounts[0].recursive_read_only",
+        );
+        for p in [
+            v1::MountPropagation::PropagationHostToContainer,
+            v1::MountPropagation::PropagationBidirectional,
+        ] {
+            refused(rro(true, p), "config.mounts[0].recursive_read_only");
+        }
+    }
+
+    #[test]
+    fn user_namespaces_are_refused_as_not_supported_yet() {
+        let err = container_request(request(|c| {
+            c.linux = Some(v1::LinuxContainerConfig {
+                security_context: Some(v1::LinuxContainerSecurityContext {
+                    namespace_options: Some(v1::NamespaceOption {
+                        userns_options: Some(v1::UserNamespace {
+                            mode: v1::NamespaceMode::Pod as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        }))
+        .unwrap_err();
+        assert!(
+            err.message().contains("userns_options"),
+            "{}",
+            err.message()
+        );
+        assert!(err.message().contains("not supported"), "{}", err.message());
+    }
+
+    #[test]
+    fn masked_and_readonly_paths_pass_through_unchanged() {
+        let r = container_request(request(|c| {
+            c.linux = Some(v1::LinuxContainerConfig {
+                security_context: Some(v1::LinuxContainerSecurityContext {
+                    masked_paths: vec!["/proc/keys".into()],
+                    readonly_paths: vec![],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        }))
+        .unwrap();
+        assert_eq!(r.spec.security.masked_paths, vec!["/proc/keys".to_string()]);
+        assert!(r.spec.security.readonly_paths.is_empty());
+    }
+
+    #[test]
     fn target_pid_namespace_needs_a_target() {
         refused(
             |c| {

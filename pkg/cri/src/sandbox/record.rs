@@ -78,6 +78,9 @@ pub struct PodRecord {
     /// into each of its containers.
     #[serde(default)]
     pub shm: Option<PathBuf>,
+    /// `linux.security_context.privileged`: only then may its containers be privileged.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 impl PodRecord {

@@ -61,6 +61,7 @@ pub fn run_pod(mgr: &PodManager, spec: PodSpec) -> Result<String, Status> {
         holder: None,
         sysctls: spec.sysctls.clone(),
         shm: None,
+        privileged: spec.privileged,
     };
     // The Creating record names everything the steps below may create (all paths derive from
     // the ID), so it is the only write before Ready: a crash midway is undone from it at the next

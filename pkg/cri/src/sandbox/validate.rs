@@ -23,6 +23,7 @@ pub struct PodSpec {
     pub dns: Option<v1::DnsConfig>,
     pub sysctls: Vec<(String, String)>,
     pub cgroup_parent: String,
+    pub privileged: bool,
 }
 
 /// `handlers`: the configured runtime handler names; an empty handler means the default one.
@@ -69,6 +70,20 @@ pub fn pod_spec(req: v1::RunPodSandboxRequest, handlers: &[String]) -> Result<Po
         ));
     }
     let shared_pid = ns.pid == v1::NamespaceMode::Pod as i32;
+    if ns
+        .userns_options
+        .as_ref()
+        .is_some_and(|u| u.mode != v1::NamespaceMode::Node as i32)
+    {
+        return Err(invalid(
+            "config.linux.security_context.namespace_options.userns_options",
+            "user namespaces are not supported by berth yet",
+        ));
+    }
+    let privileged = linux
+        .security_context
+        .as_ref()
+        .is_some_and(|s| s.privileged);
 
     // An empty hostname means the node's own, as containerd and CRI-O do: clients that leave
     // it empty (test suites, crictl configs) often use pod names longer than a hostname may be.
@@ -97,8 +112,17 @@ pub fn pod_spec(req: v1::RunPodSandboxRequest, handlers: &[String]) -> Result<Po
         .collect::<Result<Vec<_>, _>>()?;
 
     let sysctls: BTreeMap<String, String> = linux.sysctls.into_iter().collect();
+    // Only namespaced sysctls, and net.* only with a network namespace of the pod's own (and
+    // ipc ones only with its own IPC namespace): they are written inside the pod's namespaces,
+    // never on the node.
     let sysctls =
-        berth_network::validate_sysctls(&sysctls, host.network, host.ipc).map_err(to_status)?;
+        berth_network::validate_sysctls(&sysctls, host.network, host.ipc).map_err(|e| {
+            let status = to_status(e);
+            Status::new(
+                status.code(),
+                format!("config.linux.sysctls: {}", status.message()),
+            )
+        })?;
 
     Ok(PodSpec {
         meta: PodMeta {
@@ -118,6 +142,7 @@ pub fn pod_spec(req: v1::RunPodSandboxRequest, handlers: &[String]) -> Result<Po
         dns: config.dns_config,
         sysctls,
         cgroup_parent: linux.cgroup_parent,
+        privileged,
     })
 }
 
@@ -250,6 +275,89 @@ mod tests {
         }))
         .unwrap();
         assert!(spec.ports.is_empty());
+    }
+
+    #[test]
+    fn sysctls_are_namespaced_and_net_ones_need_the_pods_own_netns() {
+        let with = |key: &str, host_network: bool| {
+            pod_spec_with(request(|c| {
+                let linux = c.linux.get_or_insert_with(Default::default);
+                linux.sysctls.insert(key.into(), "1".into());
+                if host_network {
+                    linux.security_context = Some(v1::LinuxSandboxSecurityContext {
+                        namespace_options: Some(v1::NamespaceOption {
+                            network: v1::NamespaceMode::Node as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                }
+            }))
+        };
+        let ok = with("net.ipv4.ip_unprivileged_port_start", false)
+            .ok()
+            .unwrap();
+        assert_eq!(ok.sysctls.len(), 1);
+        assert!(with("kernel.shm_rmid_forced", true).is_ok());
+        for (key, host_network) in [
+            ("kernel.panic", false),
+            ("vm.overcommit_memory", false),
+            ("net.ipv4.ip_forward", true),
+        ] {
+            let err = with(key, host_network).err().unwrap();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{key}");
+            assert!(
+                err.message().contains("config.linux.sysctls"),
+                "{}",
+                err.message()
+            );
+            assert!(err.message().contains(key), "{}", err.message());
+        }
+    }
+
+    #[test]
+    fn user_namespaces_are_refused_as_not_supported_yet() {
+        let err = pod_spec_with(request(|c| {
+            c.linux = Some(v1::LinuxPodSandboxConfig {
+                security_context: Some(v1::LinuxSandboxSecurityContext {
+                    namespace_options: Some(v1::NamespaceOption {
+                        userns_options: Some(v1::UserNamespace {
+                            mode: v1::NamespaceMode::Pod as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        }))
+        .err()
+        .unwrap();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().contains("userns_options"),
+            "{}",
+            err.message()
+        );
+        assert!(err.message().contains("not supported"), "{}", err.message());
+    }
+
+    #[test]
+    fn privileged_is_kept() {
+        let spec = pod_spec_with(request(|c| {
+            c.linux = Some(v1::LinuxPodSandboxConfig {
+                security_context: Some(v1::LinuxSandboxSecurityContext {
+                    privileged: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        }))
+        .ok()
+        .unwrap();
+        assert!(spec.privileged);
+        assert!(!pod_spec_with(request(|_| {})).ok().unwrap().privileged);
     }
 
     #[test]

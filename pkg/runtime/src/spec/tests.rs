@@ -80,6 +80,7 @@ fn node() -> NodeFacts {
         hugetlb_controller: true,
         cgroup2_host_options: Vec::new(),
         host_devices: Vec::new(),
+        recursive_read_only: true,
     }
 }
 
@@ -266,11 +267,6 @@ fn assert_seccomp_like(ours: &Value, theirs: &Value) {
     }
 }
 
-fn add_default_masks(v: &mut Value) {
-    v["linux"]["maskedPaths"] = json!(DEFAULT_MASKED_PATHS);
-    v["linux"]["readonlyPaths"] = json!(DEFAULT_READONLY_PATHS);
-}
-
 /// Drops the namespaces containerd joins through a host-namespace pause container; berth
 /// leaves host namespaces out.
 fn drop_host_namespaces(v: &mut Value) {
@@ -283,8 +279,8 @@ fn drop_host_namespaces(v: &mut Value) {
 #[test]
 fn plain_container_matches_containerd() {
     let case = Case::new(ContainerSpec::default());
-    // crictl sends no masked paths and containerd then masks nothing; berth masks its defaults.
-    assert_like_containerd("plain", &case, add_default_masks);
+    // crictl sends no masked paths and containerd then masks nothing; so does berth.
+    assert_like_containerd("plain", &case, |_| {});
 }
 
 #[test]
@@ -306,7 +302,6 @@ fn env_args_workdir_and_user_match_containerd() {
         ..Default::default()
     });
     assert_like_containerd("envargs", &case, |v| {
-        add_default_masks(v);
         // containerd appends both FOO=bar and FOO=baz (and libc's getenv finds bar); berth
         // keeps the later one in the earlier's place.
         let env = v["process"]["env"].as_array_mut().unwrap();
@@ -330,7 +325,7 @@ fn command_username_caps_and_runtime_default_seccomp_match_containerd() {
         },
         ..Default::default()
     });
-    assert_like_containerd("cmd", &case, add_default_masks);
+    assert_like_containerd("cmd", &case, |_| {});
 }
 
 #[test]
@@ -409,7 +404,7 @@ fn resources_and_oom_clamp_match_containerd() {
         },
         ..Default::default()
     });
-    assert_like_containerd("res", &case, add_default_masks);
+    assert_like_containerd("res", &case, |_| {});
 }
 
 #[test]
@@ -439,7 +434,7 @@ fn tty_device_and_swap_match_containerd() {
         }),
         ..Default::default()
     });
-    assert_like_containerd("tty", &case, add_default_masks);
+    assert_like_containerd("tty", &case, |_| {});
 }
 
 /// The privileged fixture's host devices, as the caller would pass them.
@@ -491,10 +486,7 @@ fn host_namespace_container_matches_containerd() {
         pod: host_pod(),
         ..Case::new(ContainerSpec::default())
     };
-    assert_like_containerd("hostns", &case, |v| {
-        add_default_masks(v);
-        drop_host_namespaces(v);
-    });
+    assert_like_containerd("hostns", &case, drop_host_namespaces);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -852,9 +844,40 @@ fn no_rlimits_are_set() {
 // ---------------------------------------------------------------------------------------------
 // Masked and read-only paths
 
+/// kubelet's lists for `procMount: Default` (and containerd's `populateDefaultUnixSpec`).
+const DEFAULT_MASKED_PATHS: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+    "/proc/scsi",
+];
+
+const DEFAULT_READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
 #[test]
-fn masked_and_readonly_paths_default_to_containerds() {
+fn masked_and_readonly_paths_are_exactly_the_requests() {
     let v = with_security(SecuritySpec::default()).json();
+    assert!(v["linux"].get("maskedPaths").is_none());
+    assert!(v["linux"].get("readonlyPaths").is_none());
+    let v = with_security(SecuritySpec {
+        masked_paths: strings(&DEFAULT_MASKED_PATHS),
+        readonly_paths: strings(&DEFAULT_READONLY_PATHS),
+        ..Default::default()
+    })
+    .json();
     assert_eq!(v["linux"]["maskedPaths"], json!(DEFAULT_MASKED_PATHS));
     assert_eq!(v["linux"]["readonlyPaths"], json!(DEFAULT_READONLY_PATHS));
 }
@@ -1184,7 +1207,8 @@ fn recursive_read_only_needs_readonly_and_private() {
     });
     assert_eq!(
         mount_at(&case.json(), "/ro")["options"],
-        json!(["rbind", "rprivate", "rro"])
+        // runc 1.1 has no `rro`; berth makes the submounts read-only after `runc create`.
+        json!(["rbind", "rprivate", "ro"])
     );
 
     m.propagation = Propagation::HostToContainer;
