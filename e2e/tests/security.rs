@@ -52,10 +52,8 @@ const CAP_NET_BIND_SERVICE: u32 = 10;
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_NET_RAW: u32 = 13;
 
+/// The daemon's guard ends whatever the test left in its pods' cgroups.
 struct Env {
-    /// Pods this test made, whose cgroups are removed when the test ends (berthd only
-    /// removes them on RemovePodSandbox, which a failed test never reaches).
-    pods: Vec<String>,
     d: Daemon,
     rt: RuntimeServiceClient<Channel>,
     img: Images,
@@ -86,7 +84,6 @@ async fn start() -> Option<Env> {
         .tempdir_in("/var/tmp")
         .expect("log dir");
     let e = Env {
-        pods: Vec::new(),
         d,
         rt,
         img,
@@ -279,16 +276,13 @@ impl Env {
     }
 
     async fn try_run_pod(&mut self, config: PodSandboxConfig) -> Result<String, tonic::Status> {
-        let id = self
-            .rt
+        self.rt
             .run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(config),
                 runtime_handler: String::new(),
             })
             .await
-            .map(|r| r.into_inner().pod_sandbox_id)?;
-        self.pods.push(id.clone());
-        Ok(id)
+            .map(|r| r.into_inner().pod_sandbox_id)
     }
 
     async fn pod(&mut self, name: &str) -> (String, PodSandboxConfig) {
@@ -438,34 +432,6 @@ impl Env {
             }
             out
         })
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        // Containers first (they live in the pod cgroups), then the cgroups, children first.
-        self.d.stop();
-        kill_containers_under(self.d.base(), &self.d.state);
-        let roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-            .map(|rd| rd.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        for pod in &self.pods {
-            for root in roots.iter().chain([&PathBuf::from("/sys/fs/cgroup")]) {
-                let dir = root.join("berth").join(pod);
-                let children: Vec<PathBuf> = std::fs::read_dir(&dir)
-                    .map(|rd| {
-                        rd.flatten()
-                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                            .map(|e| e.path())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for child in children {
-                    let _ = std::fs::remove_dir(child);
-                }
-                let _ = std::fs::remove_dir(&dir);
-            }
-        }
     }
 }
 
