@@ -28,31 +28,64 @@ const MAX_MESSAGE_BYTES: usize = 16 << 20;
 #[command(name = "berthd", version, about = "berth CRI runtime daemon")]
 struct Args {
     /// TOML config file (default /etc/berth/config.toml; absent means defaults)
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Persistent state directory (config key `root`)
-    #[arg(long)]
+    #[arg(long, global = true)]
     root: Option<PathBuf>,
     /// Runtime state directory (config key `state`)
-    #[arg(long)]
+    #[arg(long, global = true)]
     state: Option<PathBuf>,
     /// CRI unix socket path (config key `listen`)
-    #[arg(long)]
+    #[arg(long, global = true)]
     listen: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print configuration, as `containerd config` does
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ConfigCommand {
+    /// The default configuration: every key, commented (a starting /etc/berth/config.toml)
+    Default,
+    /// The effective configuration: the config file with the command-line flags applied
+    Dump,
+}
+
+impl Args {
+    /// The config file with the flags applied: what the daemon would run with.
+    fn effective_config(&self) -> anyhow::Result<Config> {
+        let mut cfg = Config::load(self.config.as_deref())?;
+        if let Some(v) = &self.root {
+            cfg.root = v.clone();
+        }
+        if let Some(v) = &self.state {
+            cfg.state = v.clone();
+        }
+        if let Some(v) = &self.listen {
+            cfg.listen = v.clone();
+        }
+        Ok(cfg)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut cfg = Config::load(args.config.as_deref())?;
-    if let Some(v) = args.root {
-        cfg.root = v;
+    if let Some(Command::Config(c)) = &args.command {
+        let text = match c {
+            ConfigCommand::Default => Config::default().render(true)?,
+            ConfigCommand::Dump => args.effective_config()?.render(false)?,
+        };
+        print!("{text}");
+        return Ok(());
     }
-    if let Some(v) = args.state {
-        cfg.state = v;
-    }
-    if let Some(v) = args.listen {
-        cfg.listen = v;
-    }
+    let cfg = args.effective_config()?;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log_level))
         .context("log_level")?;
