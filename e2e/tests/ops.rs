@@ -3,19 +3,18 @@
 //! Run: `cargo test -p berth-e2e --test ops -- --test-threads=1`.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use berth_e2e::berthd_bin;
 use berth_e2e::ctr::*;
+use berth_e2e::{berthd_bin, cri, workspace_root};
 
-#[allow(dead_code)]
 const NET: Net = Net {
     bridge: "be2eo0",
     table: "berth_e2eo",
     subnet: "10.236.0.0/16",
 };
 
-#[allow(dead_code)]
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn berthd(args: &[&str]) -> (bool, String, String) {
@@ -89,4 +88,93 @@ fn an_unknown_key_is_refused_naming_it() {
         assert!(err.contains("network.brige"), "{args:?}: {err}");
     }
     assert!(!Path::new("/var/tmp/berth-ops-never").exists());
+}
+
+/// A berthd started by the test itself, outside the harness; SIGTERM (then SIGKILL) on drop.
+struct Manual(Child);
+
+impl Drop for Manual {
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The unit's ExecStart, split, with its config path swapped for `config`.
+fn unit_exec_start(config: &Path) -> Vec<String> {
+    let unit = std::fs::read_to_string(workspace_root().join("manifests/berthd.service")).unwrap();
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    let mut argv: Vec<String> = line.split_whitespace().map(String::from).collect();
+    assert_eq!(argv[0], "/usr/local/bin/berthd");
+    argv[0] = berthd_bin().display().to_string();
+    let at = argv.iter().position(|a| a == "--config").expect("--config");
+    argv[at + 1] = config.display().to_string();
+    argv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_the_units_command_line_keeps_containers_running() {
+    let Some(mut e) = Env::start(&NET, "", &SERIAL).await else {
+        return;
+    };
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    let (pod, pc) = e.pod("restart").await;
+    let id = e
+        .run_ctr(&pod, &pc, container("c", &bb, &["sleep", "1000"]))
+        .await;
+    let (_, info) = e.status(&id).await;
+    let pid = info["pid"].as_i64().expect("pid");
+    // systemctl restart with KillMode=process: SIGTERM to berthd alone, then ExecStart again.
+    assert!(e.d.stop(), "berthd ignored SIGTERM");
+    let notify_dir = tempfile::tempdir().unwrap();
+    let notify_path = notify_dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let argv = unit_exec_start(&e.d.config);
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&e.d.log)
+        .unwrap();
+    let manual = Manual(
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning berthd"),
+    );
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).expect("READY=1 from berthd");
+    assert_eq!(&buf[..n], b"READY=1");
+    e.rt = e.d.runtime().await.expect("client");
+    let (st, info) = e.status(&id).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(info["pid"].as_i64(), Some(pid));
+    assert_eq!(e.exec_out(&id, &["echo", "alive"]).await.trim(), "alive");
+    // Back to the harness's daemon for the clean-up.
+    drop(manual);
+    e.d.start_again().await.expect("harness berthd");
+    e.rt = e.d.runtime().await.expect("client");
+    let (st, _) = e.status(&id).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+    e.remove_pod(&pod).await;
+    assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
 }

@@ -3,6 +3,7 @@
 
 mod config;
 mod listener;
+mod notify;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -144,6 +145,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         containers,
     );
     tracing::info!(socket = %cfg.listen.display(), root = %cfg.root.display(), "berthd serving CRI v1");
+    // The socket has been bound since start; connections queue until the server below runs.
+    notify::notify("READY=1");
 
     tonic::transport::Server::builder()
         .add_service(
