@@ -178,3 +178,79 @@ async fn restart_with_the_units_command_line_keeps_containers_running() {
     e.remove_pod(&pod).await;
     assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
 }
+
+/// The installer image built by hack/build-installer-image.sh, pulled and run by berth as the
+/// DaemonSet's init container would be, into a scratch node root mounted at /host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_installer_image_installs_into_a_mounted_node_root() {
+    let Some(mut e) = Env::start(&NET, "", &SERIAL).await else {
+        return;
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("berth-e2e-ops-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    // Small stand-ins: the test is about the image and the script, not the binaries.
+    let bins = tmp.path().join("bin");
+    std::fs::create_dir_all(&bins).unwrap();
+    for b in ["berthd", "berthctl", "berth-shim"] {
+        std::fs::write(bins.join(b), format!("#!/bin/sh\necho {b}\n")).unwrap();
+    }
+    let image = "127.0.0.1:5000/berth/installer:e2e-ops";
+    let out = Command::new("bash")
+        .arg(workspace_root().join("hack/build-installer-image.sh"))
+        .arg("--bin-dir")
+        .arg(&bins)
+        .arg("--out")
+        .arg(tmp.path().join("oci"))
+        .arg("--push")
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    e.pull(image).await;
+    let node = tmp.path().join("node");
+    std::fs::create_dir_all(&node).unwrap();
+    let (pod, pc) = e.pod("installer").await;
+    let mut c = container(
+        "install",
+        image,
+        &[
+            "/usr/local/bin/berth-install",
+            "--root",
+            "/host",
+            "--no-start",
+        ],
+    );
+    c.mounts.push(cri::Mount {
+        container_path: "/host".into(),
+        host_path: node.display().to_string(),
+        ..Default::default()
+    });
+    let id = e.run_ctr(&pod, &pc, c).await;
+    let st = e.wait_exit(&id, Duration::from_secs(20)).await;
+    let log = joined(&e.read_log(&pc, "install"), "stdout").join("\n");
+    assert_eq!(st.exit_code, 0, "{log}");
+    assert!(
+        log.contains("--container-runtime-endpoint=unix:///run/berth/berth.sock"),
+        "{log}"
+    );
+    for b in ["berthd", "berthctl", "berth-shim"] {
+        assert_eq!(
+            std::fs::read_to_string(node.join("usr/local/bin").join(b)).unwrap(),
+            format!("#!/bin/sh\necho {b}\n")
+        );
+    }
+    let unit = std::fs::read(node.join("etc/systemd/system/berthd.service")).unwrap();
+    assert_eq!(
+        unit,
+        std::fs::read(workspace_root().join("manifests/berthd.service")).unwrap()
+    );
+    assert!(node.join("etc/berth/config.toml").is_file());
+    e.remove_pod(&pod).await;
+    assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
+}
