@@ -254,3 +254,29 @@ async fn the_installer_image_installs_into_a_mounted_node_root() {
     e.remove_pod(&pod).await;
     assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_one_object_per_line() {
+    let Some(mut e) = Env::start(&NET, "log_format = \"json\"", &SERIAL).await else {
+        return;
+    };
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    let (pod, _) = e.pod("json").await;
+    e.remove_pod(&pod).await;
+    let text = std::fs::read_to_string(&e.d.log).unwrap();
+    let mut messages = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+        for key in ["timestamp", "level", "target"] {
+            assert!(v[key].is_string(), "no {key}: {line}");
+        }
+        messages.push(v["message"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(
+        messages.iter().any(|m| m == "berthd serving CRI v1"),
+        "{messages:?}"
+    );
+    assert!(messages.len() > 2, "{messages:?}");
+}

@@ -16,6 +16,8 @@ pub struct Config {
     pub listen: PathBuf,
     /// A tracing filter such as `info` or `berth_image=debug`; `RUST_LOG` wins when set.
     pub log_level: String,
+    /// `text` for people, `json` (one object per line) for log collectors.
+    pub log_format: LogFormat,
     pub registry: RegistryConfig,
     /// Pod networking: bridge, subnet, CNI directories (see docs/configuration.md).
     pub network: berth_network::NetworkConfig,
@@ -26,6 +28,13 @@ pub struct Config {
     pub shim_path: Option<PathBuf>,
     /// OCI runtimes (RuntimeClass handlers).
     pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// `[runtime]`: which runc-compatible binaries run containers.
@@ -128,6 +137,7 @@ impl Default for Config {
             state: PathBuf::from("/run/berth"),
             listen: PathBuf::from("/run/berth/berth.sock"),
             log_level: "info".to_string(),
+            log_format: LogFormat::Text,
             registry: RegistryConfig::default(),
             network: berth_network::NetworkConfig::default(),
             cgroup_parent: "/berth".to_string(),
@@ -240,7 +250,15 @@ const DOCS: &[Doc] = &[
     doc("root", "Persistent state: content/, snapshots/, store/ (flag --root)."),
     doc("state", "Runtime state: namespaces, bundles, shim sockets (flag --state)."),
     doc("listen", "The CRI unix socket (flag --listen)."),
-    doc("log_level", "A tracing filter such as \"info\" or \"info,berth_image=debug\"; RUST_LOG wins."),
+    doc(
+        "log_level",
+        "A tracing filter (RUST_LOG syntax) such as \"info\" or \"info,berth_image=debug\".\n\
+         Precedence: the --log-level flag, then RUST_LOG, then this key.",
+    ),
+    doc(
+        "log_format",
+        "\"text\", or \"json\" (one object per line, for log collectors); flag --log-format.",
+    ),
     doc("cgroup_parent", "cgroupfs parent of pods whose request names none."),
     optional(
         "shim_path",

@@ -3,6 +3,7 @@
 
 mod config;
 mod listener;
+mod logging;
 mod notify;
 
 use std::path::PathBuf;
@@ -18,7 +19,6 @@ use berth_store::Store;
 use clap::Parser;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
-use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
 
@@ -40,6 +40,13 @@ struct Args {
     /// CRI unix socket path (config key `listen`)
     #[arg(long, global = true)]
     listen: Option<PathBuf>,
+    /// Tracing filter in RUST_LOG syntax, e.g. `info,berth_image=debug` (config key
+    /// `log_level`; this flag beats RUST_LOG, which beats the config)
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Log format (config key `log_format`)
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<config::LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -72,6 +79,12 @@ impl Args {
         if let Some(v) = &self.listen {
             cfg.listen = v.clone();
         }
+        if let Some(v) = &self.log_level {
+            cfg.log_level = v.clone();
+        }
+        if let Some(v) = self.log_format {
+            cfg.log_format = v;
+        }
         Ok(cfg)
     }
 }
@@ -87,10 +100,13 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let cfg = args.effective_config()?;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.log_level))
-        .context("log_level")?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = logging::filter(
+        args.log_level.as_deref(),
+        rust_log.as_deref(),
+        &cfg.log_level,
+    )?;
+    logging::init(cfg.log_format, filter);
 
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
