@@ -280,3 +280,124 @@ async fn log_format_json_writes_one_object_per_line() {
     );
     assert!(messages.len() > 2, "{messages:?}");
 }
+
+/// The value of the series `name{labels}` (exact label text), if the scrape has it.
+fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split(' ').next()?.parse().ok())
+}
+
+async fn scrape(addr: &str) -> String {
+    let r = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("scraping");
+    assert_eq!(r.status(), 200);
+    let ctype = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    r.text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_a_pull_a_pod_and_a_container() {
+    const ADDR: &str = "127.0.0.1:18700";
+    let Some(mut e) = Env::start(&NET, &format!("[metrics]\naddress = \"{ADDR}\""), &SERIAL).await
+    else {
+        return;
+    };
+    let bb = e.img.get("BUSYBOX_REF");
+    e.pull(&bb).await;
+    let missing =
+        e.d.pull("127.0.0.1:5000/berth/does-not-exist:v1", None)
+            .await
+            .unwrap_err();
+    let (pod, pc) = e.pod("metrics").await;
+    let id = e
+        .run_ctr(&pod, &pc, container("c", &bb, &["sleep", "1000"]))
+        .await;
+    let text = scrape(ADDR).await;
+    let at_least = |s: &str, min: f64| {
+        let v = series(&text, s);
+        assert!(
+            v.is_some_and(|v| v >= min),
+            "{s} = {v:?}, want >= {min}:\n{text}"
+        );
+    };
+    for method in [
+        "PullImage",
+        "RunPodSandbox",
+        "CreateContainer",
+        "StartContainer",
+    ] {
+        at_least(
+            &format!("berth_cri_requests_total{{method=\"{method}\",code=\"OK\"}}"),
+            1.0,
+        );
+        at_least(
+            &format!("berth_cri_request_duration_seconds_count{{method=\"{method}\",code=\"OK\"}}"),
+            1.0,
+        );
+    }
+    let code = format!("{:?}", missing.code());
+    at_least(
+        &format!("berth_cri_requests_total{{method=\"PullImage\",code=\"{code}\"}}"),
+        1.0,
+    );
+    at_least("berth_image_pulls_total{result=\"ok\"}", 1.0);
+    at_least("berth_image_pulls_total{result=\"failed\"}", 1.0);
+    at_least("berth_image_pull_failures_total{reason=\"not_found\"}", 1.0);
+    at_least("berth_image_pull_duration_seconds_count", 2.0);
+    at_least("berth_image_pull_bytes_total", 1000.0);
+    at_least("berth_image_pull_layers_total", 1.0);
+    at_least("berth_image_pull_resumes_total", 0.0);
+    at_least(
+        "berth_network_setup_duration_seconds_count{result=\"ok\"}",
+        1.0,
+    );
+    assert_eq!(
+        series(&text, "berth_pods{state=\"ready\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, "berth_containers{state=\"running\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, "berth_containers{state=\"exited\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    at_least("berth_shims_running", 1.0);
+    // Nothing streams here: the gauge others feed reads 0.
+    assert_eq!(
+        series(&text, "berth_streaming_sessions{kind=\"exec\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    // The record gauges follow the records.
+    e.stop_ctr(&id, 5).await;
+    let text = scrape(ADDR).await;
+    assert_eq!(
+        series(&text, "berth_containers{state=\"running\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, "berth_containers{state=\"exited\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    e.remove_pod(&pod).await;
+    let text = scrape(ADDR).await;
+    assert_eq!(
+        series(&text, "berth_pods{state=\"ready\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(series(&text, "berth_shims_running"), Some(0.0), "{text}");
+    let r = reqwest::get(format!("http://{ADDR}/other")).await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
+}

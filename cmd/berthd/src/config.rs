@@ -28,6 +28,16 @@ pub struct Config {
     pub shim_path: Option<PathBuf>,
     /// OCI runtimes (RuntimeClass handlers).
     pub runtime: RuntimeConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`, as containerd's: off until an address is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` serving `GET /metrics`; empty means no endpoint.
+    pub address: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -143,6 +153,7 @@ impl Default for Config {
             cgroup_parent: "/berth".to_string(),
             shim_path: None,
             runtime: RuntimeConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -288,6 +299,11 @@ const DOCS: &[Doc] = &[
         "runtime.handlers.*.root",
         "Its --root state directory; default <state>/runtime/<handler name>.",
         "\"/run/berth/runtime/runc\"",
+    ),
+    doc("metrics", "The Prometheus endpoint (off by default, as containerd's)."),
+    doc(
+        "metrics.address",
+        "host:port serving GET /metrics, e.g. \"127.0.0.1:1338\"; empty: no endpoint.",
     ),
 ];
 

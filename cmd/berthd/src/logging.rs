@@ -18,8 +18,11 @@ pub fn filter(flag: Option<&str>, env: Option<&str>, config: &str) -> anyhow::Re
 }
 
 pub fn init(format: LogFormat, filter: EnvFilter) {
+    use std::io::IsTerminal;
+    // No colour codes in journald or a log file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -4,6 +4,7 @@
 mod config;
 mod listener;
 mod logging;
+mod metrics;
 mod notify;
 
 use std::path::PathBuf;
@@ -151,6 +152,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         },
     )
     .map_err(|s| anyhow::anyhow!("recovering containers: {}", s.message()))?;
+    if !cfg.metrics.address.is_empty() {
+        metrics::serve(
+            &cfg.metrics.address,
+            metrics::Sources {
+                pods: pods.clone(),
+                containers: containers.clone(),
+            },
+        )
+        .await?;
+    }
     let runtime = RuntimeApi::new(
         RuntimeInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
