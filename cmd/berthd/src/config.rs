@@ -231,6 +231,40 @@ impl Config {
     }
 }
 
+impl Config {
+    /// One RuntimeClass per configured handler (`berthd config runtimeclasses`), named
+    /// `berth-<handler>`; `manifests/runtimeclass.yaml` is this for the default config.
+    pub fn runtime_classes(&self) -> anyhow::Result<String> {
+        let mut out = String::from(
+            "# RuntimeClasses for berth's handlers (`berthd config runtimeclasses`): a pod opts into\n\
+             # an OCI runtime with runtimeClassName; the handler is what berth receives as\n\
+             # runtime_handler. Pods naming none get runtime.default_handler.\n",
+        );
+        for (i, name) in self.runtime.handlers.keys().enumerate() {
+            // A RuntimeClass handler must be a DNS label (the API server refuses others).
+            if name.is_empty()
+                || name.len() > 63
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                || name.starts_with('-')
+                || name.ends_with('-')
+            {
+                anyhow::bail!(
+                    "runtime.handlers: {name:?} is not a DNS label, so no RuntimeClass can name it"
+                );
+            }
+            if i > 0 {
+                out.push_str("---\n");
+            }
+            out.push_str(&format!(
+                "apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata:\n  name: berth-{name}\nhandler: {name}\n"
+            ));
+        }
+        Ok(out)
+    }
+}
+
 /// What a key means, for `config default`: `path` is dotted, `*` standing for any key of a map
 /// (a handler name). `example` is for keys with no default value, shown commented out.
 struct Doc {
@@ -408,6 +442,31 @@ mod tests {
             include_str!("../../../manifests/config.toml"),
             Config::default().render(true).unwrap()
         );
+    }
+
+    #[test]
+    fn runtime_classes_name_every_handler() {
+        // Regenerate with `berthd config runtimeclasses > manifests/runtimeclass.yaml`.
+        assert_eq!(
+            include_str!("../../../manifests/runtimeclass.yaml"),
+            Config::default().runtime_classes().unwrap()
+        );
+        let text = full_config().runtime_classes().unwrap();
+        assert!(
+            text.contains("name: berth-runc-debug\nhandler: runc-debug\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("kind: RuntimeClass").count(), 2);
+        let mut c = Config::default();
+        c.runtime.handlers.insert(
+            "Fast_One".into(),
+            HandlerConfig {
+                path: "/x".into(),
+                root: None,
+            },
+        );
+        let e = c.runtime_classes().unwrap_err().to_string();
+        assert!(e.contains("Fast_One"), "{e}");
     }
 
     #[test]

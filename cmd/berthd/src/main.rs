@@ -65,6 +65,8 @@ enum ConfigCommand {
     Default,
     /// The effective configuration: the config file with the command-line flags applied
     Dump,
+    /// A Kubernetes RuntimeClass for each handler of the effective configuration
+    Runtimeclasses,
 }
 
 impl Args {
@@ -96,6 +98,7 @@ fn main() -> anyhow::Result<()> {
         let text = match c {
             ConfigCommand::Default => Config::default().render(true)?,
             ConfigCommand::Dump => args.effective_config()?.render(false)?,
+            ConfigCommand::Runtimeclasses => args.effective_config()?.runtime_classes()?,
         };
         print!("{text}");
         return Ok(());

@@ -365,3 +365,20 @@ fn failure_reason(e: &ImageError) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+
+    #[test]
+    fn failure_reasons_are_snake_case_kinds() {
+        let d = Digest::of_bytes(b"x");
+        let e = ImageError::BlobNotFound { digest: d.clone() };
+        assert_eq!(failure_reason(&e), "not_found");
+        let e = ImageError::DigestMismatch {
+            expected: d.clone(),
+            actual: d,
+        };
+        assert_eq!(failure_reason(&e), "data_loss");
+    }
+}
