@@ -4,7 +4,7 @@
 Called by hack/build-installer-image.sh. Reuses hack/mkimages.py's tar and layout writers, so
 the image is reproducible: the same binaries give the same digest.
 Contents: a static busybox (sh, cp, mv, cmp, nsenter, sleep...) and /opt/berth/{bin/berthd,
-bin/berthctl, bin/berth-shim, config.toml, berthd.service}, with berth-install as entrypoint.
+bin/berthctl, bin/berth-shim, config.toml, berthd.service, operations.md}, with berth-install as entrypoint.
 """
 import argparse
 import os
@@ -47,6 +47,7 @@ def main():
     m = os.path.join(a.repo, "manifests")
     berth.file("opt/berth/config.toml", read(os.path.join(m, "config.toml")))
     berth.file("opt/berth/berthd.service", read(os.path.join(m, "berthd.service")))
+    berth.file("opt/berth/operations.md", read(os.path.join(a.repo, "docs", "operations.md")))
     berth.file("usr/local/bin/berth-install", read(os.path.join(m, "installer", "berth-install")), 0o755)
 
     lay = mkimages.Layout(a.out)

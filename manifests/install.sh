@@ -13,5 +13,5 @@ mkdir "$src/bin"
 for bin in berthd berthctl berth-shim; do
   cp "$target/release/$bin" "$src/bin/$bin"
 done
-cp "$here/manifests/config.toml" "$here/manifests/berthd.service" "$src/"
+cp "$here/manifests/config.toml" "$here/manifests/berthd.service" "$here/docs/operations.md" "$src/"
 sh "$here/manifests/installer/berth-install" --src "$src" "$@"

@@ -251,6 +251,7 @@ async fn the_installer_image_installs_into_a_mounted_node_root() {
         std::fs::read(workspace_root().join("manifests/berthd.service")).unwrap()
     );
     assert!(node.join("etc/berth/config.toml").is_file());
+    assert!(node.join("usr/share/doc/berth/operations.md").is_file());
     e.remove_pod(&pod).await;
     assert!(e.leftovers().is_empty(), "{:?}", e.leftovers());
 }

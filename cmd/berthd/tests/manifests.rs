@@ -7,6 +7,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
+const UNIT_DOC: &str = "file:///usr/share/doc/berth/operations.md";
+
 fn manifests() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests")
 }
@@ -179,6 +181,8 @@ fn stage(dir: &Path, version: &str) -> PathBuf {
         src.join("berthd.service"),
     )
     .unwrap();
+    let doc = manifests().join("../docs/operations.md");
+    std::fs::copy(doc, src.join("operations.md")).unwrap();
     src
 }
 
@@ -195,6 +199,14 @@ fn berth_install(args: &[&Path]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+#[test]
+fn the_units_documentation_is_what_berth_install_installs() {
+    let unit = std::fs::read_to_string(manifests().join("berthd.service")).unwrap();
+    assert!(unit
+        .lines()
+        .any(|l| l == format!("Documentation={UNIT_DOC}")));
 }
 
 #[test]
@@ -232,6 +244,9 @@ fn berth_install_writes_a_node_root_and_keeps_an_edited_config() {
         std::fs::read(manifests().join("config.toml")).unwrap()
     );
     assert!(root.join("etc/berth/certs.d").is_dir());
+    // Where the unit's Documentation= points.
+    let doc = UNIT_DOC.strip_prefix("file://").unwrap();
+    assert!(root.join(doc.trim_start_matches('/')).is_file());
     // An upgrade replaces the binaries and leaves the operator's config alone.
     std::fs::write(&cfg, "log_level = \"debug\"\n").unwrap();
     let src = stage(&tmp.path().join("v2"), "2");
