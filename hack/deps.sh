@@ -20,6 +20,7 @@ PKGS=(
   iputils-ping
   apache2-utils
   jq
+  systemd
   openssl
   python3
   zstd

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Installs berth on a node from a build tree: binaries, default config, systemd unit.
-# Usage: manifests/install.sh [--no-start]   (run from the repository root after `cargo build --release`)
+# Installs berth on this node from a build tree through berth-install (the node installer's
+# script): binaries, default config (an existing one is kept), systemd unit, then enables,
+# starts and checks berthd.
+# Usage: manifests/install.sh [--no-start]   (from the repository root after `cargo build --release`
+#        and `hack/build-shim.sh --release target/release/berth-shim`)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+target=${CARGO_TARGET_DIR:-$here/target}
+src=$(mktemp -d)
+trap 'rm -rf "$src"' EXIT
+mkdir "$src/bin"
 for bin in berthd berthctl berth-shim; do
-  install -m 0755 "$here/target/release/$bin" /usr/local/bin/$bin
+  cp "$target/release/$bin" "$src/bin/$bin"
 done
-install -d -m 0755 /etc/berth /etc/berth/certs.d
-[ -e /etc/berth/config.toml ] || install -m 0644 "$here/manifests/config.toml" /etc/berth/config.toml
-install -m 0644 "$here/manifests/berthd.service" /etc/systemd/system/berthd.service
-if [ "${1:-}" != "--no-start" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-  systemctl daemon-reload
-  systemctl enable --now berthd
-fi
-echo "berth installed; point kubelet at unix:///run/berth/berth.sock (see manifests/kubelet-config.yaml)"
+cp "$here/manifests/config.toml" "$here/manifests/berthd.service" "$here/docs/operations.md" "$src/"
+sh "$here/manifests/installer/berth-install" --src "$src" "$@"

@@ -11,7 +11,7 @@ mod podconfig;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::client::GlobalOpts;
 
@@ -21,7 +21,7 @@ use crate::client::GlobalOpts;
     version,
     about = "CRI client for berth (and any CRI runtime), with crictl's commands and flags"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     global: GlobalOpts,
     #[command(subcommand)]
@@ -85,6 +85,11 @@ enum Command {
     Netns(commands::netns::Args),
     /// Benchmarks (berth only, not in crictl)
     Bench(commands::bench::Args),
+    /// Output shell completion code (bash, zsh or fish)
+    Completion(commands::completion::Args),
+    /// Write man pages into a directory (hack/gen-man.sh)
+    #[command(hide = true)]
+    Man(commands::completion::ManArgs),
 }
 
 #[tokio::main]
@@ -119,6 +124,8 @@ async fn main() -> ExitCode {
         Command::Inspectp(a) => commands::inspectp::run(g, a).await,
         Command::Netns(a) => commands::netns::run(g, a).await,
         Command::Bench(a) => commands::bench::run(g, a).await,
+        Command::Completion(a) => commands::completion::run(Cli::command(), a),
+        Command::Man(a) => commands::completion::man(Cli::command(), a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

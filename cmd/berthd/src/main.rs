@@ -3,6 +3,9 @@
 
 mod config;
 mod listener;
+mod logging;
+mod metrics;
+mod notify;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +20,6 @@ use berth_store::Store;
 use clap::Parser;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
-use tracing_subscriber::EnvFilter;
 
 use crate::config::Config;
 
@@ -28,35 +30,87 @@ const MAX_MESSAGE_BYTES: usize = 16 << 20;
 #[command(name = "berthd", version, about = "berth CRI runtime daemon")]
 struct Args {
     /// TOML config file (default /etc/berth/config.toml; absent means defaults)
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Persistent state directory (config key `root`)
-    #[arg(long)]
+    #[arg(long, global = true)]
     root: Option<PathBuf>,
     /// Runtime state directory (config key `state`)
-    #[arg(long)]
+    #[arg(long, global = true)]
     state: Option<PathBuf>,
     /// CRI unix socket path (config key `listen`)
-    #[arg(long)]
+    #[arg(long, global = true)]
     listen: Option<PathBuf>,
+    /// Tracing filter in RUST_LOG syntax, e.g. `info,berth_image=debug` (config key
+    /// `log_level`; this flag beats RUST_LOG, which beats the config)
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Log format (config key `log_format`)
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<config::LogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print configuration, as `containerd config` does
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ConfigCommand {
+    /// The default configuration: every key, commented (a starting /etc/berth/config.toml)
+    Default,
+    /// The effective configuration: the config file with the command-line flags applied
+    Dump,
+    /// A Kubernetes RuntimeClass for each handler of the effective configuration
+    Runtimeclasses,
+}
+
+impl Args {
+    /// The config file with the flags applied: what the daemon would run with.
+    fn effective_config(&self) -> anyhow::Result<Config> {
+        let mut cfg = Config::load(self.config.as_deref())?;
+        if let Some(v) = &self.root {
+            cfg.root = v.clone();
+        }
+        if let Some(v) = &self.state {
+            cfg.state = v.clone();
+        }
+        if let Some(v) = &self.listen {
+            cfg.listen = v.clone();
+        }
+        if let Some(v) = &self.log_level {
+            cfg.log_level = v.clone();
+        }
+        if let Some(v) = self.log_format {
+            cfg.log_format = v;
+        }
+        Ok(cfg)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut cfg = Config::load(args.config.as_deref())?;
-    if let Some(v) = args.root {
-        cfg.root = v;
+    if let Some(Command::Config(c)) = &args.command {
+        let text = match c {
+            ConfigCommand::Default => Config::default().render(true)?,
+            ConfigCommand::Dump => args.effective_config()?.render(false)?,
+            ConfigCommand::Runtimeclasses => args.effective_config()?.runtime_classes()?,
+        };
+        print!("{text}");
+        return Ok(());
     }
-    if let Some(v) = args.state {
-        cfg.state = v;
-    }
-    if let Some(v) = args.listen {
-        cfg.listen = v;
-    }
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.log_level))
-        .context("log_level")?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let cfg = args.effective_config()?;
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = logging::filter(
+        args.log_level.as_deref(),
+        rust_log.as_deref(),
+        &cfg.log_level,
+    )?;
+    logging::init(cfg.log_format, filter);
 
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -101,6 +155,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         },
     )
     .map_err(|s| anyhow::anyhow!("recovering containers: {}", s.message()))?;
+    if !cfg.metrics.address.is_empty() {
+        metrics::serve(
+            &cfg.metrics.address,
+            metrics::Sources {
+                pods: pods.clone(),
+                containers: containers.clone(),
+            },
+        )
+        .await?;
+    }
     let runtime = RuntimeApi::new(
         RuntimeInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -111,6 +175,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         containers,
     );
     tracing::info!(socket = %cfg.listen.display(), root = %cfg.root.display(), "berthd serving CRI v1");
+    // The socket has been bound since start; connections queue until the server below runs.
+    notify::notify("READY=1");
 
     tonic::transport::Server::builder()
         .add_service(

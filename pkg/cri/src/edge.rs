@@ -49,7 +49,13 @@ where
             Verbosity::Poll => tracing::trace!("request"),
         }
         let result = fut.await;
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let took = started.elapsed();
+        let code = match &result {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        };
+        berth_metrics::metrics().rpc(rpc, code_name(code), took);
+        let ms = took.as_secs_f64() * 1000.0;
         match &result {
             Ok(_) => match verbosity {
                 Verbosity::Mutation => tracing::info!(ms, "ok"),
@@ -61,6 +67,29 @@ where
     }
     .instrument(span)
     .await
+}
+
+/// gRPC's own names for the codes (`OK`, `NotFound`), as grpc-go and containerd label them.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
 }
 
 pub(crate) fn invalid(field: &str, why: impl Display) -> Status {

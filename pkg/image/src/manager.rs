@@ -123,7 +123,11 @@ impl ImageManager {
                     let prog = progress.clone();
                     let key2 = key.clone();
                     let job = spawn_shared(async move {
+                        let started = std::time::Instant::now();
                         let result = this.run_pull(reference, creds, prog.clone()).await;
+                        let reason = result.as_ref().err().map(failure_reason);
+                        berth_metrics::metrics()
+                            .pull_finished(started.elapsed(), reason.as_deref());
                         prog.finish(match &result {
                             Ok(_) => "done".to_string(),
                             Err(e) => format!("failed: {e}"),
@@ -346,4 +350,35 @@ fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 }
 fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The `reason` label of a failed pull: the error's kind in snake case (`not_found`,
+/// `unauthenticated`, `data_loss`...), a small fixed set unlike the messages.
+fn failure_reason(e: &ImageError) -> String {
+    use berth_core::HasKind;
+    let mut out = String::new();
+    for (i, c) in format!("{:?}", e.kind()).chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+
+    #[test]
+    fn failure_reasons_are_snake_case_kinds() {
+        let d = Digest::of_bytes(b"x");
+        let e = ImageError::BlobNotFound { digest: d.clone() };
+        assert_eq!(failure_reason(&e), "not_found");
+        let e = ImageError::DigestMismatch {
+            expected: d.clone(),
+            actual: d,
+        };
+        assert_eq!(failure_reason(&e), "data_loss");
+    }
 }

@@ -402,6 +402,7 @@ impl Puller {
             });
         }
         self.snapshots.commit(staging, chain_id)?;
+        berth_metrics::metrics().pull_layers.inc();
         Ok(())
     }
 
@@ -460,6 +461,7 @@ impl Puller {
         let result = async {
             if resume_from > 0 && stream.offset == resume_from {
                 tracing::info!(digest = %desc.digest, offset = resume_from, "resuming layer download");
+                berth_metrics::metrics().pull_resumes.inc();
                 ingest.replay_existing(&mut |chunk: &[u8]| {
                     progress
                         .done
@@ -471,8 +473,10 @@ impl Puller {
                 ingest.restart()?;
             }
             let mut unpacker_gone = false;
+            let received = &berth_metrics::metrics().pull_bytes;
             while let Some(chunk) = stream.next_chunk().await? {
                 ingest.write(&chunk)?;
+                received.inc_by(chunk.len() as u64);
                 progress
                     .done
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);

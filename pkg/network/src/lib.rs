@@ -240,10 +240,13 @@ impl NetworkManager {
             )));
         }
         self.validate_port_mappings(&req.port_mappings)?;
-        match cni::select_conf(&self.cfg.cni_conf_dir)? {
+        let started = std::time::Instant::now();
+        let result = match cni::select_conf(&self.cfg.cni_conf_dir)? {
             Some((_, list)) => self.setup_cni(req, &list),
             None => self.setup_builtin(req),
-        }
+        };
+        berth_metrics::metrics().network_setup(started.elapsed(), result.is_ok());
+        result
     }
 
     fn setup_builtin(&self, req: &PodNetworkRequest) -> Result<PodNetwork> {
