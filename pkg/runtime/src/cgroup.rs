@@ -167,6 +167,34 @@ pub fn create_pod_cgroup(
     Ok(path)
 }
 
+/// The leaf of a pod cgroup for the pod's own processes (its PID-namespace holder) on a pure
+/// cgroup v2 host: there a cgroup may hold processes or children with controllers, not both,
+/// and the pod's containers are its children. v1 has no such rule: the pod cgroup itself.
+pub const INFRA_LEAF: &str = "berth-infra";
+
+/// Where a pod's own processes go (see [`INFRA_LEAF`]); on v2 the leaf is created here.
+pub fn infra_cgroup(pod_path: &str) -> Result<String> {
+    let path = validate_cgroup_parent(pod_path)?;
+    if !hierarchies::is_cgroup2_unified_mode() {
+        return Ok(path);
+    }
+    let leaf = format!("{path}/{INFRA_LEAF}");
+    let dir = Path::new("/sys/fs/cgroup").join(relative(&leaf));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+    Ok(leaf)
+}
+
+/// The v2 infra leaf of `path`, if this host is pure v2 and the leaf exists.
+fn existing_infra_leaf(path: &str) -> Option<PathBuf> {
+    hierarchies::is_cgroup2_unified_mode()
+        .then(|| {
+            Path::new("/sys/fs/cgroup")
+                .join(relative(path))
+                .join(INFRA_LEAF)
+        })
+        .filter(|d| d.is_dir())
+}
+
 /// Removes a pod cgroup from every hierarchy. Idempotent. Refuses (FailedPrecondition) while
 /// processes remain: killing them is the caller's decision, not a side effect of cleanup.
 pub fn remove_pod_cgroup(path: &str) -> Result<()> {
@@ -177,8 +205,19 @@ pub fn remove_pod_cgroup(path: &str) -> Result<()> {
     if let Some(dir) = &unified {
         count += read_procs(&dir.join("cgroup.procs"))?;
     }
+    let infra = existing_infra_leaf(&path);
+    if let Some(dir) = &infra {
+        count += read_procs(&dir.join("cgroup.procs"))?;
+    }
     if count > 0 {
         return Err(Error::CgroupBusy { path, count });
+    }
+    if let Some(dir) = infra {
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", &dir, e)),
+        }
     }
     if cg.exists() {
         cg.delete().map_err(|e| cg_err("remove", &path, e))?;
@@ -217,10 +256,15 @@ pub fn cgroup_procs_files(path: &str) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Number of processes in the cgroup (all hierarchies).
+/// The processes in the cgroup (all hierarchies), and in its v2 infra leaf.
 pub fn cgroup_procs(path: &str) -> Result<Vec<u64>> {
     let path = validate_cgroup_parent(path)?;
-    Ok(load(&path).procs().into_iter().map(|p| p.pid).collect())
+    let mut pids: Vec<u64> = load(&path).procs().into_iter().map(|p| p.pid).collect();
+    if existing_infra_leaf(&path).is_some() {
+        let leaf = format!("{path}/{INFRA_LEAF}");
+        pids.extend(load(&leaf).procs().into_iter().map(|p| p.pid));
+    }
+    Ok(pids)
 }
 
 /// The file of cgroup `path` whose `oom_kill <n>` line counts OOM kills in it: `memory.events`

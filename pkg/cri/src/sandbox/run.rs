@@ -164,8 +164,14 @@ fn acquire(mgr: &PodManager, spec: &PodSpec, rec: &mut PodRecord) -> Result<(), 
     }
 
     if spec.shared_pid && !spec.host.pid {
+        let infra = rec
+            .cgroup
+            .as_deref()
+            .map(cgroup::infra_cgroup)
+            .transpose()
+            .map_err(to_status)?;
         rec.holder = Some(
-            holder::spawn_holder(mgr.shim_bin(), &rec.ns_dir, &pinned, rec.cgroup.as_deref())
+            holder::spawn_holder(mgr.shim_bin(), &rec.ns_dir, &pinned, infra.as_deref())
                 .map_err(to_status)?,
         );
     }
