@@ -90,24 +90,15 @@ pub(crate) async fn run(g: &GlobalOpts, args: Args) -> Result<()> {
             anyhow::Ok(stats)
         }
     };
-    loop {
-        let first = list().await?;
-        if let Some(fmt) = args.output.structured() {
-            let items = first.iter().map(stats_json).collect::<Result<Vec<_>>>()?;
-            return output::print(&json!({ "stats": items }), fmt);
-        }
-        tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-        let second = list().await?;
-        let rows = container_rows(&first, &second, args.all)?;
-        if args.watch {
-            print!("{CLEAR_SCREEN}");
-        }
-        print!("{}", output::format_table(&rows));
-        if !args.watch {
-            return Ok(());
-        }
-        tokio::time::sleep(WATCH_INTERVAL).await;
-    }
+    let all = args.all;
+    show(
+        list,
+        args.output,
+        args.seconds,
+        args.watch,
+        |old: &[ContainerStats], new: &[ContainerStats]| container_rows(old, new, all),
+    )
+    .await
 }
 
 pub(crate) async fn run_pods(g: &GlobalOpts, args: PodArgs) -> Result<()> {
@@ -132,20 +123,37 @@ pub(crate) async fn run_pods(g: &GlobalOpts, args: PodArgs) -> Result<()> {
             anyhow::Ok(stats)
         }
     };
+    show(list, args.output, args.seconds, args.watch, pod_rows).await
+}
+
+/// The response of `list` as JSON/YAML, or the table `rows` makes of two listings `seconds`
+/// apart — again and again with `watch`.
+async fn show<T, F, Fut>(
+    list: F,
+    output: ListFormat,
+    seconds: u64,
+    watch: bool,
+    rows: impl Fn(&[T], &[T]) -> Result<Vec<Vec<String>>>,
+) -> Result<()>
+where
+    T: serde::Serialize,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>>>,
+{
     loop {
         let first = list().await?;
-        if let Some(fmt) = args.output.structured() {
+        if let Some(fmt) = output.structured() {
             let items = first.iter().map(stats_json).collect::<Result<Vec<_>>>()?;
             return output::print(&json!({ "stats": items }), fmt);
         }
-        tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
         let second = list().await?;
-        let rows = pod_rows(&first, &second)?;
-        if args.watch {
+        let table = rows(&first, &second)?;
+        if watch {
             print!("{CLEAR_SCREEN}");
         }
-        print!("{}", output::format_table(&rows));
-        if !args.watch {
+        print!("{}", output::format_table(&table));
+        if !watch {
             return Ok(());
         }
         tokio::time::sleep(WATCH_INTERVAL).await;
