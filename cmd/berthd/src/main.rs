@@ -92,6 +92,29 @@ impl Args {
     }
 }
 
+/// Descriptors berthd inherited (a lock its starter holds, a terminal) must not live on in the
+/// shims and containers it starts, which outlive it: marked close-on-exec before any is started.
+fn close_inherited_fds_on_exec() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl on a descriptor number only changes its flags; one that is not open
+        // (the directory's own, closed by now) just fails with EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(Command::Config(c)) = &args.command {
@@ -104,6 +127,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let cfg = args.effective_config()?;
+    close_inherited_fds_on_exec();
     let rust_log = std::env::var("RUST_LOG").ok();
     let filter = logging::filter(
         args.log_level.as_deref(),
