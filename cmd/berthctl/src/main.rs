@@ -67,6 +67,10 @@ enum Command {
     Logs(commands::logs::Args),
     /// Run a command in a running container
     Exec(commands::exec::Args),
+    /// Attach to a running container
+    Attach(commands::attach::Args),
+    /// Forward local ports to a pod
+    PortForward(commands::portforward::Args),
     /// Run a new container inside a sandbox
     Run(commands::run::Args),
     /// List pods
@@ -102,6 +106,8 @@ async fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(g, a).await,
         Command::Logs(a) => commands::logs::run(g, a).await,
         Command::Exec(a) => commands::exec::run(g, a).await,
+        Command::Attach(a) => commands::attach::run(g, a).await,
+        Command::PortForward(a) => commands::portforward::run(g, a).await,
         Command::Run(a) => commands::run::run(g, a).await,
         Command::Pods(a) => commands::pods::run(g, a).await,
         Command::Inspectp(a) => commands::inspectp::run(g, a).await,

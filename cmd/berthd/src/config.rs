@@ -25,6 +25,57 @@ pub struct Config {
     pub shim_path: Option<PathBuf>,
     /// OCI runtimes (RuntimeClass handlers).
     pub runtime: RuntimeConfig,
+    /// The exec / attach / port-forward server.
+    pub streaming: StreamingConfig,
+}
+
+/// `[streaming]`: where the URLs of Exec, Attach and PortForward point.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// Loopback by default, as containerd: kubelet on the same node is the only client.
+    pub address: std::net::IpAddr,
+    /// 0 (containerd's default) picks a free port at every start.
+    pub port: u16,
+    /// Serve HTTPS with this PEM certificate chain and key (both or neither).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// A stream with no traffic for this long is closed (kubelet: 4 h).
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            address: std::net::IpAddr::from([127, 0, 0, 1]),
+            port: 0,
+            tls_cert: None,
+            tls_key: None,
+            idle_timeout_secs: 4 * 3600,
+        }
+    }
+}
+
+impl StreamingConfig {
+    pub fn server_config(&self) -> anyhow::Result<berth_streaming::Config> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(berth_streaming::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!("streaming: tls_cert and tls_key must be given together"),
+        };
+        if self.idle_timeout_secs == 0 {
+            anyhow::bail!("streaming.idle_timeout_secs must be positive");
+        }
+        Ok(berth_streaming::Config {
+            addr: std::net::SocketAddr::new(self.address, self.port),
+            tls,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            ..berth_streaming::Config::default()
+        })
+    }
 }
 
 /// `[runtime]`: which runc-compatible binaries run containers.
@@ -132,6 +183,7 @@ impl Default for Config {
             cgroup_parent: "/berth".to_string(),
             shim_path: None,
             runtime: RuntimeConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct RuntimeApi {
     pub(crate) containers: Arc<ContainerManager>,
     /// The node's pod CIDR as kubelet last reported it (UpdateRuntimeConfig).
     pub(crate) pod_cidr: std::sync::Mutex<String>,
+    /// Where Exec/Attach/PortForward URLs point; set once by berthd.
+    pub(crate) streaming: std::sync::OnceLock<berth_streaming::Server>,
 }
 
 impl RuntimeApi {
@@ -36,7 +38,13 @@ impl RuntimeApi {
             pods,
             containers,
             pod_cidr: Default::default(),
+            streaming: Default::default(),
         }
+    }
+
+    /// Wires the streaming server in (once; later calls are ignored).
+    pub fn set_streaming(&self, server: berth_streaming::Server) {
+        let _ = self.streaming.set(server);
     }
 
     fn version(&self) -> v1::VersionResponse {
@@ -200,14 +208,14 @@ runtime_service! {
     container_status(ContainerStatusRequest) -> ContainerStatusResponse = "ContainerStatus", Poll;
     reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog", Mutation;
     exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync", Poll;
+    exec(ExecRequest) -> ExecResponse = "Exec", Mutation;
+    port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward", Mutation;
     runtime_config(RuntimeConfigRequest) -> RuntimeConfigResponse = "RuntimeConfig", Poll;
     update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig", Mutation;
     }
     not_built {
     update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
-    exec(ExecRequest) -> ExecResponse = "Exec";
     attach(AttachRequest) -> AttachResponse = "Attach";
-    port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
     container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
     list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
     pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";

@@ -1,5 +1,6 @@
 //! One module per subcommand, each with its clap `Args` and an async `run`.
 
+pub(crate) mod attach;
 pub(crate) mod bench;
 pub(crate) mod bench_containers;
 pub(crate) mod bench_pods;
@@ -14,6 +15,7 @@ pub(crate) mod inspectp;
 pub(crate) mod logs;
 pub(crate) mod netns;
 pub(crate) mod pods;
+pub(crate) mod portforward;
 pub(crate) mod ps;
 pub(crate) mod pull;
 pub(crate) mod rm;
@@ -24,6 +26,7 @@ pub(crate) mod runp;
 pub(crate) mod start;
 pub(crate) mod stop;
 pub(crate) mod stopp;
+pub(crate) mod stream;
 pub(crate) mod version;
 
 use k8s_cri::v1::ImageSpec;

@@ -15,6 +15,7 @@ mod exec;
 mod lifecycle;
 mod record;
 mod rpc;
+mod stream;
 mod validate;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use tonic::Status;
 
 pub use lifecycle::{remove_all_in_pod, stop_all_in_pod};
 pub use record::{ContainerRecord, ContainerState};
+pub use stream::StreamBackend;
 
 use crate::edge::to_status;
 use crate::sandbox::{lock, read, write, PodManager};
