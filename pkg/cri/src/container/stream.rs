@@ -255,9 +255,6 @@ async fn run_exec(
         pid_file.clone(),
         log_file.clone(),
     ]);
-    let data = serde_json::to_vec(&process).map_err(|e| BackendError(e.to_string()))?;
-    std::fs::write(&process_file, data)
-        .map_err(|e| BackendError(format!("writing {}: {e}", process_file.display())))?;
     // runc hands a console socket the pty only when it detaches, and a detached process is
     // reaped by nobody here. In the foreground runc makes the container's pty itself and
     // copies it to its own stdio, which is our pty's slave; a resize is set on our pty and
@@ -268,12 +265,23 @@ async fn run_exec(
             // kubectl sends the size right away; runc reads it once when it starts.
             if let Ok(Some(sz)) = tokio::time::timeout(FIRST_SIZE_WAIT, rx.recv()).await {
                 set_size(&p.master, sz);
+                // runc sizes the container's pty before the process starts; its own copy of
+                // our size comes only after, too late for a command that asks at once.
+                if let Some(obj) = process.as_object_mut() {
+                    obj.insert(
+                        "consoleSize".into(),
+                        serde_json::json!({"height": sz.height, "width": sz.width}),
+                    );
+                }
             }
         }
         Some(p)
     } else {
         None
     };
+    let data = serde_json::to_vec(&process).map_err(|e| BackendError(e.to_string()))?;
+    std::fs::write(&process_file, data)
+        .map_err(|e| BackendError(format!("writing {}: {e}", process_file.display())))?;
 
     let mut cmd = tokio::process::Command::new(&handler.path);
     cmd.arg("--root")
