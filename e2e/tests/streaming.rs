@@ -500,3 +500,49 @@ async fn repeated_failing_execs_leak_no_fds_or_threads() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[tokio::test]
+async fn attach_sees_output_and_the_container_outlives_its_attachers() {
+    let Some(mut e) = start().await else { return };
+    let (_pod, id) = e
+        .running(
+            "attach",
+            "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+        )
+        .await;
+    for t in TRANSPORTS {
+        for _ in 0..2 {
+            let child = e
+                .berthctl(&["attach", "--transport", t, &id])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("berthctl attach");
+            let pid = child.id();
+            std::thread::sleep(Duration::from_millis(1500));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let out = wait_output(child, Duration::from_secs(10));
+            let got = text(&out.stdout);
+            assert!(got.contains("tick "), "{t}: {got:?} {}", text(&out.stderr));
+        }
+        let st =
+            e.rt.container_status(cri::ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        assert_eq!(
+            st.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "{t}"
+        );
+    }
+}

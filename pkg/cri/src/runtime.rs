@@ -209,13 +209,13 @@ runtime_service! {
     reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog", Mutation;
     exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync", Poll;
     exec(ExecRequest) -> ExecResponse = "Exec", Mutation;
+    attach(AttachRequest) -> AttachResponse = "Attach", Mutation;
     port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward", Mutation;
     runtime_config(RuntimeConfigRequest) -> RuntimeConfigResponse = "RuntimeConfig", Poll;
     update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig", Mutation;
     }
     not_built {
     update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
-    attach(AttachRequest) -> AttachResponse = "Attach";
     container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
     list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
     pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";

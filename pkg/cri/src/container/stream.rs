@@ -100,6 +100,25 @@ impl RuntimeApi {
         Ok(v1::ExecResponse { url })
     }
 
+    pub(crate) async fn attach(
+        &self,
+        req: v1::AttachRequest,
+    ) -> Result<v1::AttachResponse, Status> {
+        check_streams(req.tty, req.stdin, req.stdout, req.stderr)?;
+        let rec = running(&self.containers, &req.container_id)?;
+        let url = self
+            .streaming()?
+            .get_attach(AttachRequest {
+                container_id: rec.id,
+                tty: req.tty,
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+            })
+            .map_err(url_status)?;
+        Ok(v1::AttachResponse { url })
+    }
+
     pub(crate) async fn port_forward(
         &self,
         req: v1::PortForwardRequest,
@@ -159,14 +178,10 @@ impl Backend for StreamBackend {
     fn attach(
         &self,
         req: AttachRequest,
-        _io: Stdio,
+        io: Stdio,
     ) -> BoxFuture<'static, Result<(), BackendError>> {
-        Box::pin(async move {
-            Err(BackendError(format!(
-                "attach to {} is not available",
-                req.container_id
-            )))
-        })
+        let mgr = self.containers.clone();
+        Box::pin(async move { run_attach(mgr, req, io).await })
     }
 
     fn port_forward(
@@ -218,6 +233,120 @@ fn dial(port: u16) -> Result<std::net::TcpStream, BackendError> {
                 .map_err(|_| BackendError(format!("dial tcp 127.0.0.1:{port}: {e4}")))
         }
     }
+}
+
+/// Joins the container's stdio through its shim (`Attach` on the shim socket): the shim fans the
+/// output out to every attacher and keeps the container running when they leave.
+async fn run_attach(
+    mgr: Arc<ContainerManager>,
+    req: AttachRequest,
+    mut io: Stdio,
+) -> Result<(), BackendError> {
+    use berth_shim_proto as sp;
+    let rec = running(&mgr, &req.container_id).map_err(backend_err)?;
+    let mut sock = tokio::net::UnixStream::connect(&rec.paths.socket)
+        .await
+        .map_err(|e| BackendError(format!("connecting to the shim of {}: {e}", rec.id)))?;
+    let env = sp::Envelope {
+        protocol: sp::PROTOCOL_VERSION,
+        // Input for a container created without stdin has nowhere to go; its output still does.
+        request: sp::Request::Attach {
+            stdin: req.stdin && rec.stdin,
+        },
+    };
+    let body = serde_json::to_vec(&env).map_err(|e| BackendError(e.to_string()))?;
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    let io_err = |e: std::io::Error| BackendError(format!("shim of {}: {e}", rec.id));
+    sock.write_all(&frame).await.map_err(io_err)?;
+    let mut len = [0u8; 4];
+    sock.read_exact(&mut len).await.map_err(io_err)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > sp::MAX_FRAME {
+        return Err(BackendError("oversized shim reply".into()));
+    }
+    let mut body = vec![0u8; len];
+    sock.read_exact(&mut body).await.map_err(io_err)?;
+    match serde_json::from_slice::<sp::Response>(&body) {
+        Ok(sp::Response::State(st)) if st.status == sp::Status::Running => {}
+        Ok(sp::Response::State(_)) => {
+            return Err(BackendError(format!("container {} is not running", rec.id)))
+        }
+        Ok(sp::Response::Error { message }) => return Err(BackendError(message)),
+        Err(e) => return Err(BackendError(format!("shim reply: {e}"))),
+    }
+    let (mut r, mut w) = sock.into_split();
+    let (stdout, stderr) = (io.stdout.take(), io.stderr.take());
+    let closed_probe = stdout.clone().or_else(|| stderr.clone());
+    let output = async move {
+        let mut head = [0u8; 5];
+        loop {
+            if r.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            if len > sp::MAX_CHUNK {
+                return;
+            }
+            let mut data = vec![0u8; len];
+            if r.read_exact(&mut data).await.is_err() {
+                return;
+            }
+            let dst = match head[0] {
+                sp::CHUNK_STDOUT => stdout.as_ref(),
+                sp::CHUNK_STDERR => stderr.as_ref(),
+                _ => None,
+            };
+            if let Some(tx) = dst {
+                if tx.send(Bytes::from(data)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let (mut stdin, mut resize) = (io.stdin.take(), io.resize.take());
+    let input = async move {
+        loop {
+            tokio::select! {
+                b = async { match stdin.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                    let msg = match b {
+                        Some(b) => sp::chunk(sp::CHUNK_STDIN, &b),
+                        None => {
+                            stdin = None;
+                            sp::chunk(sp::CHUNK_STDIN_CLOSE, &[])
+                        }
+                    };
+                    if w.write_all(&msg).await.is_err() {
+                        return;
+                    }
+                }
+                sz = async { match resize.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                    let Some(sz) = sz else {
+                        resize = None;
+                        continue;
+                    };
+                    let mut d = sz.width.to_be_bytes().to_vec();
+                    d.extend_from_slice(&sz.height.to_be_bytes());
+                    if w.write_all(&sp::chunk(sp::CHUNK_RESIZE, &d)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    // The session ends when the container's output ends (it exited) or the client is gone.
+    let client_gone = async move {
+        match closed_probe {
+            Some(tx) => tx.closed().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = output => {}
+        _ = client_gone => {}
+        _ = async { input.await; std::future::pending::<()>().await } => {}
+    }
+    Ok(())
 }
 
 struct Scratch(Vec<PathBuf>);
