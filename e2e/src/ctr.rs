@@ -429,11 +429,6 @@ pub fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
     .collect()
 }
 
-/// berthctl, built next to berthd.
-pub fn berthctl_bin() -> PathBuf {
-    berthd_bin().with_file_name("berthctl")
-}
-
 /// Runs berthctl against `d`: success, stdout, stderr.
 pub fn ctl(d: &Daemon, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(berthctl_bin())

@@ -188,6 +188,14 @@ pub fn berthd_bin() -> PathBuf {
     target.join("debug").join("berthd")
 }
 
+/// Path of the berthctl binary: `BERTHCTL_BIN`, else next to berthd.
+pub fn berthctl_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BERTHCTL_BIN") {
+        return PathBuf::from(p);
+    }
+    berthd_bin().with_file_name("berthctl")
+}
+
 /// Options for [`Daemon::start`].
 #[derive(Debug, Clone)]
 pub struct DaemonOpts {

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_e2e::ctr::*;
-use berth_e2e::{berthd_bin, cri, workspace_root};
+use berth_e2e::{berthctl_bin, berthd_bin, cri, workspace_root};
 
 const NET: Net = Net {
     bridge: "be2eo0",
@@ -371,11 +371,48 @@ async fn metrics_after_a_pull_a_pod_and_a_container() {
         "{text}"
     );
     at_least("berth_shims_running", 1.0);
-    // Nothing streams here: the gauge others feed reads 0.
+    // Nothing streams yet; a streaming exec counts while it runs.
     assert_eq!(
         series(&text, "berth_streaming_sessions{kind=\"exec\"}"),
         Some(0.0),
         "{text}"
+    );
+    let mut exec = Command::new(berthctl_bin())
+        .arg("-r")
+        .arg(format!("unix://{}", e.d.socket.display()))
+        .args(["exec", &id, "sleep", "3"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("berthctl exec");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut open = None;
+    while Instant::now() < deadline {
+        open = series(
+            &scrape(ADDR).await,
+            "berth_streaming_sessions{kind=\"exec\"}",
+        );
+        if open == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(open, Some(1.0), "exec session not counted");
+    assert!(exec.wait().expect("exec").success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && series(
+            &scrape(ADDR).await,
+            "berth_streaming_sessions{kind=\"exec\"}",
+        ) != Some(0.0)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        series(
+            &scrape(ADDR).await,
+            "berth_streaming_sessions{kind=\"exec\"}"
+        ),
+        Some(0.0)
     );
     // The record gauges follow the records.
     e.stop_ctr(&id, 5).await;

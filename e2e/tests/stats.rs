@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use berth_e2e::cri::{self, ContainerConfig};
 use berth_e2e::ctr::*;
-use berth_e2e::required;
+use berth_e2e::{berthctl_bin, required};
 use tonic::Code;
 
 const NET: Net = Net {

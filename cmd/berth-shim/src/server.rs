@@ -10,14 +10,15 @@
 //! removes its socket, so a berthd that finds the socket gone always finds the exit file.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant, SystemTime};
 
 use berth_shim_proto::{
-    exit_code_of, write_exit_file, write_frame, Envelope, Exit, Request, Response, ShimConfig,
-    State, Status, PROTOCOL_VERSION,
+    chunk, exit_code_of, take_chunk, write_exit_file, write_frame, Envelope, Exit, Request,
+    Response, ShimConfig, State, Status, CHUNK_RESIZE, CHUNK_STDERR, CHUNK_STDIN,
+    CHUNK_STDIN_CLOSE, CHUNK_STDOUT, PROTOCOL_VERSION,
 };
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -79,11 +80,20 @@ enum Phase {
     UntilExit,
     /// Wait: answered at the exit or at the deadline.
     Waiting,
+    /// Attach: gets the output as chunks, sends stdin and resizes; `buf` holds a partial chunk.
+    Attached {
+        buf: Vec<u8>,
+        stdin: bool,
+    },
 }
 
 /// What a request leads to.
 enum Action {
     Reply(Response),
+    /// Reply with the state, then keep the connection as an attacher.
+    Attach {
+        stdin: bool,
+    },
     Park(Phase, Option<Instant>),
 }
 
@@ -293,6 +303,19 @@ impl Shim<'_> {
             Ok(0) => {}
             Ok(n) => {
                 log.chunk(out.stream, &mut out.lines, &buf[..n], SystemTime::now());
+                let kind = match out.stream {
+                    Stream::Stdout => CHUNK_STDOUT,
+                    Stream::Stderr => CHUNK_STDERR,
+                };
+                let msg = chunk(kind, &buf[..n]);
+                // An attacher that cannot take the output at once is dropped: the container's
+                // output (and its log) must never wait for a slow client.
+                self.conns.retain_mut(|c| match c.phase {
+                    Phase::Attached { .. } => {
+                        matches!(c.stream.write(&msg), Ok(w) if w == msg.len())
+                    }
+                    _ => true,
+                });
                 return;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -303,6 +326,109 @@ impl Shim<'_> {
         }
         log.eof(out.stream, &mut out.lines, SystemTime::now());
         outputs.swap_remove(i);
+    }
+
+    /// Input from an attacher: stdin for the container, a stdin close, or a terminal size.
+    fn read_attached(&mut self, i: usize) {
+        let mut tmp = [0u8; 16 * 1024];
+        let n = match self.conns[i].stream.read(&mut tmp) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
+            Err(_) => 0,
+        };
+        let mut chunks = Vec::new();
+        let mut gone = n == 0;
+        let mut had_stdin = false;
+        if let Phase::Attached { buf, stdin } = &mut self.conns[i].phase {
+            had_stdin = *stdin;
+            buf.extend_from_slice(&tmp[..n]);
+            loop {
+                match take_chunk(buf) {
+                    Ok(Some(c)) => chunks.push(c),
+                    Ok(None) => break,
+                    Err(_) => {
+                        gone = true;
+                        break;
+                    }
+                }
+            }
+        }
+        for (kind, data) in chunks {
+            match kind {
+                CHUNK_STDIN if had_stdin => self.write_stdin(&data),
+                CHUNK_STDIN_CLOSE if had_stdin && self.cfg.stdin_once => self.close_stdin(),
+                CHUNK_RESIZE if data.len() == 4 => {
+                    let (w, h) = (
+                        u16::from_be_bytes([data[0], data[1]]),
+                        u16::from_be_bytes([data[2], data[3]]),
+                    );
+                    self.resize(w, h);
+                }
+                _ => {}
+            }
+        }
+        if gone {
+            self.conns.swap_remove(i);
+            if had_stdin && self.cfg.stdin_once {
+                self.close_stdin();
+            }
+        }
+    }
+
+    /// The container's input: its stdin pipe, or the pty master of a tty container.
+    fn stdin_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        if self.cfg.tty {
+            self.outputs.first().map(|o| o.file.as_fd())
+        } else {
+            self.stdin.as_ref().map(|f| f.as_fd())
+        }
+    }
+
+    fn write_stdin(&mut self, data: &[u8]) {
+        let Some(fd) = self.stdin_fd() else { return };
+        // Non-blocking: a container that does not read its stdin loses input rather than
+        // stopping the shim.
+        let _ = sys::set_nonblocking(fd);
+        let mut off = 0;
+        while off < data.len() {
+            match nix::unistd::write(fd, &data[off..]) {
+                Ok(n) => off += n,
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    diag!("stdin: {e}, {} bytes dropped", data.len() - off);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn close_stdin(&mut self) {
+        if !self.cfg.tty {
+            self.stdin = None;
+        }
+    }
+
+    fn resize(&self, width: u16, height: u16) {
+        if !self.cfg.tty {
+            return;
+        }
+        if let Some(o) = self.outputs.first() {
+            let ws = libc::winsize {
+                ws_row: height,
+                ws_col: width,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
+            unsafe {
+                libc::ioctl(
+                    std::os::fd::AsRawFd::as_raw_fd(&o.file),
+                    libc::TIOCSWINSZ,
+                    &ws,
+                );
+            }
+        }
     }
 
     fn read_signals(&mut self) {
@@ -398,6 +524,10 @@ impl Shim<'_> {
     }
 
     fn read_conn(&mut self, i: usize) {
+        if matches!(self.conns[i].phase, Phase::Attached { .. }) {
+            self.read_attached(i);
+            return;
+        }
         let conn = &mut self.conns[i];
         let Phase::Reading(buf) = &mut conn.phase else {
             // A parked client sends nothing more: readable means it hung up (or broke the
@@ -432,6 +562,24 @@ impl Shim<'_> {
                 phase,
                 deadline,
             }),
+            Action::Attach { stdin } => {
+                let mut stream = stream;
+                let ok = stream
+                    .set_nonblocking(false)
+                    .and_then(|()| stream.set_write_timeout(Some(REPLY_TIMEOUT)))
+                    .and_then(|()| write_frame(&mut stream, &Response::State(self.state())))
+                    .and_then(|()| stream.set_nonblocking(true));
+                if ok.is_ok() {
+                    self.conns.push(Conn {
+                        stream,
+                        phase: Phase::Attached {
+                            buf: Vec::new(),
+                            stdin,
+                        },
+                        deadline: None,
+                    });
+                }
+            }
         }
     }
 
@@ -489,6 +637,12 @@ impl Shim<'_> {
                 }
                 let at = Instant::now() + Duration::from_millis(timeout_ms);
                 Action::Park(Phase::Waiting, Some(at))
+            }
+            Request::Attach { stdin } => {
+                if self.exit.is_some() {
+                    return self.reply_state();
+                }
+                Action::Attach { stdin }
             }
             Request::ReopenLog => match self.log.reopen() {
                 Ok(()) => self.reply_state(),
@@ -574,6 +728,8 @@ impl Shim<'_> {
                 Phase::UntilExit | Phase::Waiting => {
                     reply(conn.stream, &Response::State(self.state()));
                 }
+                // The container is gone: its attachers see the connection close.
+                Phase::Attached { .. } => {}
             }
         }
         // Anything `answer` parked (it parks nothing once done, but be sure) is answered too.

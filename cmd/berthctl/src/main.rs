@@ -67,6 +67,10 @@ enum Command {
     Logs(commands::logs::Args),
     /// Run a command in a running container
     Exec(commands::exec::Args),
+    /// Attach to a running container
+    Attach(commands::attach::Args),
+    /// Forward local ports to a pod
+    PortForward(commands::portforward::Args),
     /// Run a new container inside a sandbox
     Run(commands::run::Args),
     /// List container(s) resource usage statistics
@@ -115,6 +119,8 @@ async fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(g, a).await,
         Command::Logs(a) => commands::logs::run(g, a).await,
         Command::Exec(a) => commands::exec::run(g, a).await,
+        Command::Attach(a) => commands::attach::run(g, a).await,
+        Command::PortForward(a) => commands::portforward::run(g, a).await,
         Command::Run(a) => commands::run::run(g, a).await,
         Command::Stats(a) => commands::stats::run(g, a).await,
         Command::Statsp(a) => commands::stats::run_pods(g, a).await,

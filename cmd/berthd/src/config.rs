@@ -30,6 +30,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// The exec / attach / port-forward server.
+    pub streaming: StreamingConfig,
 }
 
 /// `[metrics]`, as containerd's: off until an address is given.
@@ -45,6 +47,57 @@ pub struct MetricsConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `[streaming]`: where the URLs of Exec, Attach and PortForward point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// Loopback by default, as containerd: kubelet on the same node is the only client.
+    pub address: std::net::IpAddr,
+    /// 0 (containerd's default) picks a free port at every start.
+    pub port: u16,
+    /// Serve HTTPS with this PEM certificate chain and key (both or neither).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// A stream with no traffic for this long is closed (kubelet: 4 h).
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            address: std::net::IpAddr::from([127, 0, 0, 1]),
+            port: 0,
+            tls_cert: None,
+            tls_key: None,
+            idle_timeout_secs: 4 * 3600,
+        }
+    }
+}
+
+impl StreamingConfig {
+    pub fn server_config(&self) -> anyhow::Result<berth_streaming::Config> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(berth_streaming::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            _ => anyhow::bail!("streaming: tls_cert and tls_key must be given together"),
+        };
+        if self.idle_timeout_secs == 0 {
+            anyhow::bail!("streaming.idle_timeout_secs must be positive");
+        }
+        Ok(berth_streaming::Config {
+            addr: std::net::SocketAddr::new(self.address, self.port),
+            tls,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            ..berth_streaming::Config::default()
+        })
+    }
 }
 
 /// `[runtime]`: which runc-compatible binaries run containers.
@@ -154,6 +207,7 @@ impl Default for Config {
             shim_path: None,
             runtime: RuntimeConfig::default(),
             metrics: MetricsConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -334,6 +388,20 @@ const DOCS: &[Doc] = &[
         "Its --root state directory; default <state>/runtime/<handler name>.",
         "\"/run/berth/runtime/runc\"",
     ),
+    doc("streaming", "The exec / attach / port-forward server whose URLs Exec, Attach and PortForward return."),
+    doc("streaming.address", "Listen address; loopback as containerd's (kubelet on the node is the client)."),
+    doc("streaming.port", "Listen port; 0 (containerd's default) picks a free one at every start."),
+    optional(
+        "streaming.tls_cert",
+        "Serve HTTPS with this PEM certificate chain (with tls_key).",
+        "\"/etc/berth/streaming.crt\"",
+    ),
+    optional(
+        "streaming.tls_key",
+        "The PEM private key of tls_cert.",
+        "\"/etc/berth/streaming.key\"",
+    ),
+    doc("streaming.idle_timeout_secs", "A stream with no traffic this long is closed (kubelet's 4 h)."),
     doc("metrics", "The Prometheus endpoint (off by default, as containerd's)."),
     doc(
         "metrics.address",
@@ -507,6 +575,8 @@ mod tests {
             shim_path: Some(PathBuf::from("/opt/berth-shim")),
             ..Config::default()
         };
+        c.streaming.tls_cert = Some(PathBuf::from("/etc/berth/s.crt"));
+        c.streaming.tls_key = Some(PathBuf::from("/etc/berth/s.key"));
         c.runtime.handlers.insert(
             "runc-debug".into(),
             HandlerConfig {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use berth_cri::{
     ContainerManager, ContainerManagerConfig, ImageApi, PodManager, PodManagerConfig,
-    PullProgressApi, RuntimeApi, RuntimeInfo,
+    PullProgressApi, RuntimeApi, RuntimeInfo, StreamBackend,
 };
 use berth_image::ImageManager;
 use berth_store::Store;
@@ -189,6 +189,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         )
         .await?;
     }
+    let streaming = berth_streaming::Server::start(
+        cfg.streaming.server_config()?,
+        Arc::new(StreamBackend::new(containers.clone())),
+    )
+    .await
+    .context("starting the streaming server")?;
+    tracing::info!(addr = %streaming.addr(), "streaming server listening");
     let runtime = RuntimeApi::new(
         RuntimeInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -198,6 +205,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         pods,
         containers,
     );
+    runtime.set_streaming(streaming);
     tracing::info!(socket = %cfg.listen.display(), root = %cfg.root.display(), "berthd serving CRI v1");
     // The socket has been bound since start; connections queue until the server below runs.
     notify::notify("READY=1");

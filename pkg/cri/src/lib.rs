@@ -12,7 +12,7 @@ mod runtime;
 mod sandbox;
 mod task;
 
-pub use container::{ContainerManager, ContainerManagerConfig};
+pub use container::{ContainerManager, ContainerManagerConfig, StreamBackend};
 pub use edge::to_status;
 pub use image::ImageApi;
 pub use progress::PullProgressApi;

@@ -24,6 +24,8 @@ pub struct RuntimeApi {
     pub(crate) containers: Arc<ContainerManager>,
     /// The node's pod CIDR as kubelet last reported it (UpdateRuntimeConfig).
     pub(crate) pod_cidr: std::sync::Mutex<String>,
+    /// Where Exec/Attach/PortForward URLs point; set once by berthd.
+    pub(crate) streaming: std::sync::OnceLock<berth_streaming::Server>,
 }
 
 impl RuntimeApi {
@@ -37,7 +39,13 @@ impl RuntimeApi {
             pods,
             containers,
             pod_cidr: Default::default(),
+            streaming: Default::default(),
         }
+    }
+
+    /// Wires the streaming server in (once; later calls are ignored).
+    pub fn set_streaming(&self, server: berth_streaming::Server) {
+        let _ = self.streaming.set(server);
     }
 
     fn version(&self) -> v1::VersionResponse {
@@ -225,6 +233,9 @@ runtime_service! {
     container_status(ContainerStatusRequest) -> ContainerStatusResponse = "ContainerStatus", Poll;
     reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog", Mutation;
     exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync", Poll;
+    exec(ExecRequest) -> ExecResponse = "Exec", Mutation;
+    attach(AttachRequest) -> AttachResponse = "Attach", Mutation;
+    port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward", Mutation;
     runtime_config(RuntimeConfigRequest) -> RuntimeConfigResponse = "RuntimeConfig", Poll;
     update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig", Mutation;
     update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources", Mutation;
@@ -236,9 +247,6 @@ runtime_service! {
     list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics", Poll;
     }
     not_built {
-    exec(ExecRequest) -> ExecResponse = "Exec";
-    attach(AttachRequest) -> AttachResponse = "Attach";
-    port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
     checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
     }
 }

@@ -95,6 +95,50 @@ pub enum Request {
     Wait { timeout_ms: u64 },
     /// Closes and reopens the log file at the same path (after kubelet rotated it).
     ReopenLog,
+    /// Joins the container's stdio: answered with the state, after which the connection carries
+    /// [`chunk`]s both ways until either side closes it. The shim sends `CHUNK_STDOUT` /
+    /// `CHUNK_STDERR`; the attacher sends `CHUNK_STDIN`, `CHUNK_STDIN_CLOSE` and `CHUNK_RESIZE`
+    /// (width, height as big-endian u16). Any number of attachers; output reaches all of them.
+    Attach { stdin: bool },
+}
+
+pub const CHUNK_STDIN: u8 = 0;
+pub const CHUNK_STDOUT: u8 = 1;
+pub const CHUNK_STDERR: u8 = 2;
+pub const CHUNK_STDIN_CLOSE: u8 = 3;
+pub const CHUNK_RESIZE: u8 = 4;
+/// The largest chunk either side sends; the shim's reads are smaller.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
+/// One attach chunk: kind, 4-byte big-endian length, data.
+pub fn chunk(kind: u8, data: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(5 + data.len());
+    v.push(kind);
+    v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+/// Splits the first whole chunk off `buf`: `Ok(None)` until one is there, an error for a
+/// length over [`MAX_CHUNK`].
+pub fn take_chunk(buf: &mut Vec<u8>) -> io::Result<Option<(u8, Vec<u8>)>> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len > MAX_CHUNK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("attach chunk of {len} bytes exceeds {MAX_CHUNK}"),
+        ));
+    }
+    if buf.len() < 5 + len {
+        return Ok(None);
+    }
+    let kind = buf[0];
+    let data = buf[5..5 + len].to_vec();
+    buf.drain(..5 + len);
+    Ok(Some((kind, data)))
 }
 
 /// The answer to every [`Request`].

@@ -1,13 +1,13 @@
-//! `berthctl exec -s`: ExecSync in one or more containers; the command's stdout goes to our
-//! stdout, its stderr to our stderr, and its exit code becomes ours. Streaming exec (no `-s`)
-//! is not there yet, but its flags are, so that it only has to be filled in.
+//! `berthctl exec`: without `-s` a streaming Exec in one container (`-i` stdin, `-t` a TTY in
+//! raw mode with window resizes); with `-s` ExecSync in one or more containers. Either way the
+//! command's stdout goes to our stdout, its stderr to our stderr, and its exit code becomes ours.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use k8s_cri::v1::ExecSyncRequest;
+use k8s_cri::v1::{ExecRequest, ExecSyncRequest};
 use tonic::Code;
 
 use super::ps::{list_ids, Selector};
@@ -103,10 +103,7 @@ impl Args {
 
 pub(crate) async fn run(g: &GlobalOpts, args: Args) -> Result<()> {
     if !args.sync {
-        bail!(
-            "streaming exec is not supported yet; use `exec -s` (ExecSync) to run a command \
-             and get its output when it ends"
-        );
+        return streaming(g, args).await;
     }
     let mut c = g.runtime_client().await?;
     let (ids, cmd, show_ids) = if args.filtered() {
@@ -201,6 +198,40 @@ pub(crate) async fn run(g: &GlobalOpts, args: Args) -> Result<()> {
     Ok(())
 }
 
+/// A streaming Exec in one container, as crictl does it (no filters: one ID).
+async fn streaming(g: &GlobalOpts, args: Args) -> Result<()> {
+    if args.filtered() {
+        bail!("streaming exec runs in one container: give its ID (filters need -s)");
+    }
+    let [id, cmd @ ..] = args.args.as_slice() else {
+        bail!("no container ID given");
+    };
+    if cmd.is_empty() {
+        bail!("no command given: exec CONTAINER-ID COMMAND [ARG...]");
+    }
+    let mut c = g.runtime_client().await?;
+    let req = ExecRequest {
+        container_id: id.clone(),
+        cmd: cmd.to_vec(),
+        tty: args.tty,
+        stdin: args.interactive,
+        stdout: true,
+        stderr: !args.tty,
+    };
+    let what = format!("exec {:?} in container {id:?}", cmd.join(" "));
+    let url = g
+        .call(&what, Some(g.call_timeout()), req, |r| c.exec(r))
+        .await?
+        .url;
+    let code =
+        super::stream::attach_local(&url, args.transport, args.interactive, args.tty, !args.tty)
+            .await?;
+    if code != 0 && !args.ignore_errors {
+        return Err(ExitStatus(code).into());
+    }
+    Ok(())
+}
+
 fn print_result(r: &Result<(String, k8s_cri::v1::ExecSyncResponse)>, show_id: bool) -> Result<()> {
     let Ok((id, resp)) = r else {
         return Ok(());
@@ -264,17 +295,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn streaming_exec_is_refused_with_a_hint() {
+    async fn streaming_exec_takes_one_container() {
         let g = GlobalOpts {
             runtime_endpoint: "/nonexistent.sock".into(),
             image_endpoint: None,
             timeout: None,
             debug: false,
         };
-        let e = run(&g, parse(&["c1", "true"]))
+        let e = run(&g, parse(&["--name", "web", "true"]))
             .await
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not supported yet") && e.contains("-s"), "{e}");
+        assert!(e.contains("one container") && e.contains("-s"), "{e}");
     }
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand, each with its clap `Args` and an async `run`.
 
+pub(crate) mod attach;
 pub(crate) mod bench;
 pub(crate) mod bench_containers;
 pub(crate) mod bench_pods;
@@ -16,6 +17,7 @@ pub(crate) mod inspectp;
 pub(crate) mod logs;
 pub(crate) mod netns;
 pub(crate) mod pods;
+pub(crate) mod portforward;
 pub(crate) mod ps;
 pub(crate) mod pull;
 pub(crate) mod rm;
@@ -27,6 +29,7 @@ pub(crate) mod start;
 pub(crate) mod stats;
 pub(crate) mod stop;
 pub(crate) mod stopp;
+pub(crate) mod stream;
 pub(crate) mod update;
 pub(crate) mod version;
 

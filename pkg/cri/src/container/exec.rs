@@ -32,7 +32,10 @@ fn running(mgr: &ContainerManager, id: &str) -> Result<ContainerRecord, Status> 
 
 /// The container's own process spec (env, user, cwd, capabilities) with `cmd` as its argv, the
 /// way containerd derives an exec process.
-fn exec_process(rec: &ContainerRecord, cmd: &[String]) -> Result<serde_json::Value, Status> {
+pub(super) fn exec_process(
+    rec: &ContainerRecord,
+    cmd: &[String],
+) -> Result<serde_json::Value, Status> {
     let path = rec.paths.config_json();
     let data = std::fs::read(&path)
         .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))?;

@@ -17,6 +17,7 @@ mod record;
 mod resources;
 mod rpc;
 mod stats;
+mod stream;
 mod validate;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ use tonic::Status;
 
 pub use lifecycle::{remove_all_in_pod, stop_all_in_pod};
 pub use record::{ContainerRecord, ContainerState};
+pub use stream::StreamBackend;
 
 use crate::edge::to_status;
 use crate::events::EventHub;

@@ -1,0 +1,548 @@
+//! Streaming end-to-end tests: Exec and PortForward through berthd's streaming server with
+//! berthctl as the client, over SPDY and WebSocket, against real runc containers with images
+//! from the local registry. Each daemon gets its own bridge, subnet and nftables table.
+//! Run: `cargo test -p berth-e2e --test streaming -- --test-threads=1`.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
+use berth_e2e::cri::{self, ContainerConfig, PodSandboxConfig};
+use berth_e2e::*;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const BRIDGE: &str = "be2et0";
+const TABLE: &str = "berth_e2et";
+const SUBNET: &str = "10.234.0.0/16";
+/// Local listen ports for port-forward tests: 18500-18599.
+const LOCAL_PORT_BASE: u16 = 18500;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const TRANSPORTS: [&str; 2] = ["spdy", "websocket"];
+
+struct Env {
+    d: Daemon,
+    rt: RuntimeServiceClient<Channel>,
+    img: Images,
+    logs: tempfile::TempDir,
+    _net: NetGuard,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+async fn start() -> Option<Env> {
+    let img = prerequisites()?;
+    let serial = SERIAL.lock().await;
+    let net = NetGuard {
+        bridge: BRIDGE,
+        table: TABLE,
+    };
+    let d = Daemon::start(DaemonOpts {
+        extra_config: format!(
+            "\n[network]\nbridge = \"{BRIDGE}\"\nsubnet = \"{SUBNET}\"\nnft_table = \"{TABLE}\"\ncni_conf_dir = \"/nonexistent/berth-e2e-cni\"\n"
+        ),
+        log_level: "info,h2=warn".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("berthd");
+    let rt = d.runtime().await.expect("runtime client");
+    let logs = tempfile::Builder::new()
+        .prefix("berth-e2e-logs-")
+        .tempdir_in("/var/tmp")
+        .expect("log dir");
+    Some(Env {
+        d,
+        rt,
+        img,
+        logs,
+        _net: net,
+        _serial: serial,
+    })
+}
+
+fn pod_config(name: &str, log_dir: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.join(name).display().to_string(),
+        labels: HashMap::from([("pod".to_string(), name.to_string())]),
+        ..Default::default()
+    }
+}
+
+fn sh(name: &str, image: &str, script: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(spec(image)),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+impl Drop for Env {
+    /// Pods share a PID namespace by default, held by a `berth-shim pause` process whose
+    /// command line names no path the daemon guard could find: remove the pods through the
+    /// daemon while it is still there.
+    fn drop(&mut self) {
+        // On a runtime of its own: the test's runtime is blocked here, and a client made on it
+        // would never be served.
+        let d = &self.d;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                runtime.block_on(async {
+                    let Ok(mut rt) = d.runtime().await else {
+                        return;
+                    };
+                    let Ok(pods) = rt
+                        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+                        .await
+                    else {
+                        return;
+                    };
+                    for p in pods.into_inner().items {
+                        let _ = rt
+                            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                                pod_sandbox_id: p.id.clone(),
+                            })
+                            .await;
+                        let _ = rt
+                            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                                pod_sandbox_id: p.id,
+                            })
+                            .await;
+                    }
+                });
+            });
+        });
+    }
+}
+
+impl Env {
+    /// A pod with one running container executing `script`; returns (pod, container).
+    async fn running(&mut self, name: &str, script: &str) -> (String, String) {
+        let bb = self.img.get("BUSYBOX_REF");
+        self.d.pull_ok(&bb).await;
+        let config = pod_config(name, self.logs.path());
+        let pod = self
+            .rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("RunPodSandbox: {s:?}\n{}", self.d.log_tail(40)))
+            .into_inner()
+            .pod_sandbox_id;
+        let id = self
+            .rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(sh("app", &bb, script)),
+                sandbox_config: Some(config),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("CreateContainer: {s:?}\n{}", self.d.log_tail(40)))
+            .into_inner()
+            .container_id;
+        self.rt
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("StartContainer: {s:?}\n{}", self.d.log_tail(40)));
+        (pod, id)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("unix://{}", self.d.socket.display())
+    }
+
+    fn berthctl(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(berthctl_bin());
+        c.arg("-r").arg(self.endpoint()).args(args);
+        c
+    }
+
+    fn exec(&self, transport: &str, id: &str, cmd: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut args = vec!["exec", "--transport", transport];
+        if stdin.is_some() {
+            args.push("-i");
+        }
+        args.push(id);
+        args.extend_from_slice(cmd);
+        let mut c = self.berthctl(&args);
+        c.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("berthctl");
+        if let Some(data) = stdin {
+            let mut w = child.stdin.take().unwrap();
+            let data = data.to_vec();
+            std::thread::spawn(move || {
+                let _ = w.write_all(&data);
+            });
+        }
+        wait_output(child, Duration::from_secs(60))
+    }
+}
+
+fn wait_output(child: std::process::Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("berthctl output"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("berthctl did not finish within {limit:?}");
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test]
+async fn exec_output_exit_codes_and_stdin_over_both_transports() {
+    let Some(mut e) = start().await else { return };
+    let (_pod, id) = e.running("exec", "sleep 3600").await;
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| b"abcdefghij\n"[(i % 11) as usize])
+        .collect();
+    for t in TRANSPORTS {
+        let out = e.exec(t, &id, &["echo", "hello", "world"], None);
+        assert_eq!(
+            text(&out.stdout),
+            "hello world\n",
+            "{t}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(0), "{t}");
+
+        let out = e.exec(
+            t,
+            &id,
+            &["sh", "-c", "echo out; echo err >&2; exit 7"],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(7), "{t}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "out\n", "{t}");
+        assert!(
+            text(&out.stderr).contains("err"),
+            "{t}: {}",
+            text(&out.stderr)
+        );
+
+        let out = e.exec(t, &id, &["cat"], Some(&data));
+        assert_eq!(out.status.code(), Some(0), "{t}: {}", text(&out.stderr));
+        assert_eq!(out.stdout.len(), data.len(), "{t}");
+        assert!(out.stdout == data, "{t}: stdin came back changed");
+
+        let out = e.exec(t, &id, &["/no/such/binary"], None);
+        assert_ne!(out.status.code(), Some(0), "{t}");
+        assert!(
+            text(&out.stderr).contains("no such file"),
+            "{t}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn tty_exec_sees_the_terminal_size_and_its_changes() {
+    let Some(mut e) = start().await else { return };
+    let (_pod, id) = e.running("tty", "sleep 3600").await;
+    for t in TRANSPORTS {
+        // `script` gives berthctl a terminal of a known size; the first size goes over the
+        // resize stream when the session starts.
+        let inner = format!(
+            "stty rows 33 cols 77; {} -r {} exec -it --transport {t} {id} stty size",
+            berthctl_bin().display(),
+            e.endpoint()
+        );
+        let child = Command::new("script")
+            .args(["-qec", &inner, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("script");
+        let out = wait_output(child, Duration::from_secs(60));
+        assert!(
+            text(&out.stdout).contains("33 77"),
+            "{t}: {:?} {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(0), "{t}");
+    }
+}
+
+#[tokio::test]
+async fn exec_requests_are_validated_like_kubelet() {
+    let Some(mut e) = start().await else { return };
+    let (_pod, id) = e.running("valid", "sleep 3600").await;
+    let req = |tty, stdin, stdout, stderr| cri::ExecRequest {
+        container_id: id.clone(),
+        cmd: vec!["true".into()],
+        tty,
+        stdin,
+        stdout,
+        stderr,
+    };
+    let err = e.rt.exec(req(true, false, true, true)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err =
+        e.rt.exec(req(false, false, false, false))
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let mut bad = req(false, false, true, false);
+    bad.container_id = "nonexistent".into();
+    let err = e.rt.exec(bad).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let mut no_cmd = req(false, false, true, false);
+    no_cmd.cmd.clear();
+    let err = e.rt.exec(no_cmd).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err =
+        e.rt.port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: "nonexistent".into(),
+            port: vec![80],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}
+
+/// One raw upgrade request; returns the status line.
+fn upgrade_status(url: &str) -> String {
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).unwrap_or(0);
+    text(&buf[..n]).lines().next().unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn bad_and_reused_tokens_are_404() {
+    let Some(mut e) = start().await else { return };
+    let (_pod, id) = e.running("tokens", "sleep 3600").await;
+    let url =
+        e.rt.exec(cri::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let bad = format!("{}/exec/notatoken", &url[..url.find("/exec/").unwrap()]);
+    assert!(
+        upgrade_status(&bad).contains(" 404 "),
+        "{}",
+        upgrade_status(&bad)
+    );
+    assert!(upgrade_status(&url).contains(" 101 "));
+    assert!(upgrade_status(&url).contains(" 404 "), "reused token");
+}
+
+fn http_get(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the forwarded port");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    text(&out)
+}
+
+#[tokio::test]
+async fn port_forward_reaches_servers_inside_the_pod_on_two_ports() {
+    let Some(mut e) = start().await else { return };
+    let (pod, _id) = e
+        .running(
+            "pf",
+            "mkdir -p /w1 /w2; echo one > /w1/index.html; echo two > /w2/index.html; \
+             httpd -p 127.0.0.1:8080 -h /w1; httpd -p 127.0.0.1:8081 -h /w2; sleep 3600",
+        )
+        .await;
+    for (i, t) in TRANSPORTS.iter().enumerate() {
+        let (l1, l2) = (
+            LOCAL_PORT_BASE + 2 * i as u16,
+            LOCAL_PORT_BASE + 2 * i as u16 + 1,
+        );
+        let mut child = e
+            .berthctl(&[
+                "port-forward",
+                "--transport",
+                t,
+                &pod,
+                &format!("{l1}:8080"),
+                &format!("{l2}:8081"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("berthctl port-forward");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", l2)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{t}: port-forward did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The servers listen on the pod's loopback only: nothing on the host can reach them.
+        for _ in 0..3 {
+            let a = http_get(l1);
+            let b = http_get(l2);
+            assert!(a.contains("200 OK") && a.ends_with("one\n"), "{t}: {a:?}");
+            assert!(b.contains("200 OK") && b.ends_with("two\n"), "{t}: {b:?}");
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn repeated_failing_execs_leak_no_fds_or_threads() {
+    let Some(mut e) = start().await else { return };
+    let (_pod, id) = e.running("leak", "sleep 3600").await;
+    let pid = e.d.pid().expect("berthd pid");
+    // Warm up (lazy pools, the first connection), then measure.
+    for t in TRANSPORTS {
+        let _ = e.exec(t, &id, &["/no/such/binary"], None);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (fds, threads) = (fd_count(pid), thread_count(pid));
+    for i in 0..20 {
+        let t = TRANSPORTS[i % 2];
+        let out = e.exec(t, &id, &["/no/such/binary"], None);
+        assert_ne!(out.status.code(), Some(0));
+        // A client that leaves mid-stream: the exec is still running when it is killed.
+        let mut child = e
+            .berthctl(&["exec", "--transport", t, &id, "sleep", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // Sessions of killed clients end when their execs do.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (f, th) = (fd_count(pid), thread_count(pid));
+        if f <= fds + 2 && th <= threads + 8 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "berthd fds {fds} -> {f}, threads {threads} -> {th}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test]
+async fn attach_sees_output_and_the_container_outlives_its_attachers() {
+    let Some(mut e) = start().await else { return };
+    let (_pod, id) = e
+        .running(
+            "attach",
+            "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+        )
+        .await;
+    for t in TRANSPORTS {
+        for _ in 0..2 {
+            let child = e
+                .berthctl(&["attach", "--transport", t, &id])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("berthctl attach");
+            let pid = child.id();
+            std::thread::sleep(Duration::from_millis(1500));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let out = wait_output(child, Duration::from_secs(10));
+            let got = text(&out.stdout);
+            assert!(got.contains("tick "), "{t}: {got:?} {}", text(&out.stderr));
+        }
+        let st =
+            e.rt.container_status(cri::ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        assert_eq!(
+            st.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "{t}"
+        );
+    }
+}
