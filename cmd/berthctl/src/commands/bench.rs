@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use tonic::transport::Channel;
 use tonic::Code;
 
-use super::{bench_containers, bench_pods, image_spec};
+use super::{bench_containers, bench_exec, bench_pods, image_spec};
 use crate::client::{self, GlobalOpts};
 use crate::duration::format_secs;
 use crate::output;
@@ -41,6 +41,8 @@ enum BenchCmd {
     /// Time CreateContainer+StartContainer and StopContainer+RemoveContainer on each endpoint
     /// (and bare runc), one at a time and many in parallel; RSS of shims and daemons
     Containers(bench_containers::ContainersArgs),
+    /// Time a streaming exec round trip and port-forward throughput on each endpoint
+    Exec(bench_exec::ExecArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -106,6 +108,7 @@ pub(crate) async fn run(g: &GlobalOpts, args: Args) -> Result<()> {
         BenchCmd::Pull(a) => pull(g, a).await,
         BenchCmd::Pods(a) => bench_pods::run(g, a).await,
         BenchCmd::Containers(a) => bench_containers::run(g, a).await,
+        BenchCmd::Exec(a) => bench_exec::run(g, a).await,
     }
 }
 
@@ -305,6 +308,8 @@ pub(crate) enum Unit {
     /// Memory, in KiB as /proc shows it.
     KiB,
     Count,
+    /// Throughput; a higher value is better, so its ratios read the other way round.
+    BytesPerSecond,
 }
 
 impl Unit {
@@ -314,6 +319,8 @@ impl Unit {
             Unit::KiB if v >= 10.0 * 1024.0 => format!("{:.1}MiB", v / 1024.0),
             Unit::KiB => format!("{v:.0}KiB"),
             Unit::Count => format!("{v:.0}"),
+            Unit::BytesPerSecond if v >= 1e9 => format!("{:.2}GB/s", v / 1e9),
+            Unit::BytesPerSecond => format!("{:.0}MB/s", v / 1e6),
         }
     }
 
@@ -323,6 +330,7 @@ impl Unit {
             Unit::Seconds => "s",
             Unit::KiB => "kib",
             Unit::Count => "count",
+            Unit::BytesPerSecond => "bytes_per_s",
         }
     }
 
@@ -332,6 +340,7 @@ impl Unit {
             Unit::Seconds => "times_s",
             Unit::KiB => "samples_kib",
             Unit::Count => "samples",
+            Unit::BytesPerSecond => "samples_bytes_per_s",
         }
     }
 }

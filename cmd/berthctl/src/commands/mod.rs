@@ -3,6 +3,7 @@
 pub(crate) mod attach;
 pub(crate) mod bench;
 pub(crate) mod bench_containers;
+pub(crate) mod bench_exec;
 pub(crate) mod bench_pods;
 pub(crate) mod completion;
 pub(crate) mod create;
