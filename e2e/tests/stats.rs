@@ -668,7 +668,14 @@ async fn berthctl_stats_statsp_update_events_and_security_in_inspect() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (pod, pc) = e.pod("ctlstats").await;
     let id = e
-        .run_ctr(&pod, &pc, sh("spin", &bb, "while :; do :; done"))
+        .run_ctr(
+            &pod,
+            &pc,
+            with_security(sh("spin", &bb, "while :; do :; done"), |s| {
+                s.masked_paths = vec!["/proc/kcore".into()];
+                s.readonly_paths = vec!["/proc/sys".into()];
+            }),
+        )
         .await;
 
     let table = ctl_ok(&e.d, &["stats", "-s", "1"]);
@@ -751,8 +758,14 @@ async fn berthctl_stats_statsp_update_events_and_security_in_inspect() {
     assert!(sec["capabilities"]["bounding"]
         .as_array()
         .is_some_and(|caps| caps.iter().any(|c| c == "CAP_CHOWN")));
-    assert!(
-        sec["maskedPaths"].as_array().is_some_and(|p| !p.is_empty()),
+    assert_eq!(
+        sec["maskedPaths"],
+        serde_json::json!(["/proc/kcore"]),
+        "{sec}"
+    );
+    assert_eq!(
+        sec["readonlyPaths"],
+        serde_json::json!(["/proc/sys"]),
         "{sec}"
     );
 

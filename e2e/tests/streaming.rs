@@ -477,7 +477,7 @@ async fn repeated_failing_execs_leak_no_fds_or_threads() {
         assert_ne!(out.status.code(), Some(0));
         // A client that leaves mid-stream: the exec is still running when it is killed.
         let mut child = e
-            .berthctl(&["exec", "--transport", t, &id, "sleep", "2"])
+            .berthctl(&["exec", "--transport", t, &id, "sleep", "30"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -486,7 +486,23 @@ async fn repeated_failing_execs_leak_no_fds_or_threads() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    // Sessions of killed clients end when their execs do.
+    // Sessions of killed clients end at once, and so do their processes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = e
+            .berthctl(&["exec", "-s", &id, "ps", "-o", "args"])
+            .output()
+            .expect("berthctl exec -s");
+        let ps = text(&out.stdout);
+        if !ps.contains("sleep 30") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "execs of gone clients still run:\n{ps}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (f, th) = (fd_count(pid), thread_count(pid));

@@ -208,7 +208,16 @@ pub async fn serve_spdy<IO>(
         resize: resize.map(|s| spawn_resize(s.rx)),
         tty: opts.tty,
     };
-    let outcome = run(stdio).await;
+    // A client that goes away ends the session: the backend's future is dropped, which ends
+    // its process, as kubelet's server does when the connection closes.
+    let outcome = tokio::select! {
+        o = run(stdio) => o,
+        () = async { while incoming.recv().await.is_some() {} } => {
+            tracing::debug!("streaming client gone; ending the session");
+            session.close().await;
+            return;
+        }
+    };
     for p in pumps {
         let _ = p.await;
     }
@@ -386,7 +395,15 @@ pub async fn serve_ws<R, W>(
         resize: opts.tty.then(|| spawn_resize(resize_rx)),
         tty: opts.tty,
     };
-    let outcome = run(stdio).await;
+    let mut reader_task = reader_task;
+    let outcome = tokio::select! {
+        o = run(stdio) => o,
+        _ = &mut reader_task => {
+            tracing::debug!("streaming client gone; ending the session");
+            let _ = out.send(WsOut::Close).await;
+            return;
+        }
+    };
     for p in pumps {
         let _ = p.await;
     }

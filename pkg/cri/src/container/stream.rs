@@ -456,6 +456,10 @@ async fn run_exec(
             Ok(())
         });
     }
+    // A session dropped before its process ended (the client went away) ends the process:
+    // runc first (kill_on_drop), then what runc started, found by its pid file.
+    cmd.kill_on_drop(true);
+    let mut unfinished = Unfinished(Some(pid_file.clone()));
     let mut child = cmd
         .spawn()
         .map_err(|e| BackendError(format!("running {}: {e}", handler.path.display())))?;
@@ -499,6 +503,7 @@ async fn run_exec(
         .wait()
         .await
         .map_err(|e| BackendError(format!("waiting for runc exec: {e}")))?;
+    unfinished.0 = None;
     // Output the process wrote before it exited is delivered; what a leftover holder of the
     // pipes writes later is not waited for.
     let drain = futures::future::join_all(tasks.iter_mut());
@@ -515,6 +520,17 @@ async fn run_exec(
     }
     // runc reports the process's status; killed processes come back as 128 + signal.
     Ok(status.code().unwrap_or(255))
+}
+
+/// Kills the exec'd process named by the pid file when dropped while still set.
+struct Unfinished(Option<std::path::PathBuf>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.as_deref().and_then(read_pid) {
+            kill_tree(pid);
+        }
+    }
 }
 
 fn exec_failure(id: &str, pid_file: &Path, log_file: &Path) -> BackendError {
