@@ -336,19 +336,66 @@ async fn kubectl_exec_it_sees_the_terminal_size_and_a_resize() {
             "stty rows 33 cols 77; (sleep 2; stty rows 40 cols 100 </dev/tty) & {}",
             k.kubectl_line(i, "exec -it ktty -- sh -c 'stty size; sleep 4; stty size'")
         );
-        let child = Command::new("script")
+        let mut child = Command::new("script")
             .args(["-qec", &inner, "/dev/null"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("script");
+        // Held open: at EOF on its stdin `script` types into the terminal, which kubectl would
+        // pass on to the container.
+        let keep = child.stdin.take();
         let out = wait_output(child, Duration::from_secs(60));
+        drop(keep);
         let got = text(&out.stdout);
-        assert!(got.contains("33 77"), "{l}: {got:?} {}", text(&out.stderr));
-        assert!(got.contains("40 100"), "{l}: {got:?} {}", text(&out.stderr));
+        assert_eq!(got, "33 77\r\n40 100\r\n", "{l}: {}", text(&out.stderr));
         assert_eq!(out.status.code(), Some(0), "{l}: {got:?}");
         k.assert_upgrades(i, "exec", 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_attach_it_to_a_tty_container_sets_its_size() {
+    let Some(mut k) = start().await else { return };
+    // An interactive shell on the container's terminal; the pod lists the container with
+    // `tty: true`, without which kubectl would refuse a terminal.
+    k.running("kattach", "exec sh", true, true).await;
+    for i in 0..k.clients.len() {
+        let l = k.clients[i].label;
+        let rows = 20 + i;
+        // Attaching leaves the container running, so kubectl never ends by itself: `timeout`
+        // ends it once the answer had time to come.
+        let inner = format!(
+            "stty rows {rows} cols 55; timeout -s KILL 6 {}",
+            k.kubectl_line(i, "attach -it kattach")
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &inner, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("script");
+        let mut w = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..10 {
+                std::thread::sleep(Duration::from_millis(500));
+                if w.write_all(b"echo size=$(stty size)\n").is_err() {
+                    return;
+                }
+            }
+            // Kept open until kubectl is gone (see the exec -it test).
+            std::thread::sleep(Duration::from_secs(10));
+        });
+        let out = wait_output(child, Duration::from_secs(60));
+        let got = text(&out.stdout);
+        assert!(
+            got.contains(&format!("size={rows} 55")),
+            "{l}: {got:?} {}",
+            text(&out.stderr)
+        );
+        k.assert_upgrades(i, "attach", 1);
     }
 }
 
