@@ -89,8 +89,9 @@ struct Kube {
 }
 
 async fn start() -> Option<Kube> {
-    let clients = clients()?;
+    // After the root and registry checks: unpacking kubectl 1.20 may need apt.
     let e = Env::start(&NET, "", &SERIAL).await?;
+    let clients = clients()?;
     let api = ApiServer::start(e.rt.clone())
         .await
         .expect("stand-in apiserver");
