@@ -37,9 +37,20 @@ pub struct Upgrade {
     pub negotiated: String,
 }
 
+/// What the stand-in saw: the upgrades it forwarded and the requests it had no answer for.
+#[derive(Default)]
+struct Record {
+    upgrades: Vec<Upgrade>,
+    misses: Vec<String>,
+}
+
+fn record(rec: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
+    rec.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub struct ApiServer {
     pub port: u16,
-    upgrades: Arc<Mutex<Vec<Upgrade>>>,
+    rec: Arc<Mutex<Record>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -54,27 +65,29 @@ impl ApiServer {
     pub async fn start(rt: RuntimeServiceClient<Channel>) -> std::io::Result<ApiServer> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let upgrades = Arc::new(Mutex::new(Vec::new()));
-        let rec = upgrades.clone();
+        let rec = Arc::new(Mutex::new(Record::default()));
+        let shared = rec.clone();
         let task = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
                 let rt = rt.clone();
-                let rec = rec.clone();
+                let rec = shared.clone();
                 tokio::spawn(async move {
                     let _ = serve(conn, rt, rec, port).await;
                 });
             }
         });
-        Ok(ApiServer {
-            port,
-            upgrades,
-            task,
-        })
+        Ok(ApiServer { port, rec, task })
     }
 
     /// The upgrade requests forwarded so far (and forgets them).
     pub fn take_upgrades(&self) -> Vec<Upgrade> {
-        std::mem::take(&mut *self.upgrades.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut record(&self.rec).upgrades)
+    }
+
+    /// The requests (`METHOD path`) the stand-in had no answer for: a client asking for more
+    /// than it serves.
+    pub fn take_misses(&self) -> Vec<String> {
+        std::mem::take(&mut record(&self.rec).misses)
     }
 
     /// A kubeconfig for this server over plain http, namespace `ns` by default.
@@ -218,7 +231,7 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 async fn serve(
     mut conn: TcpStream,
     mut rt: RuntimeServiceClient<Channel>,
-    rec: Arc<Mutex<Vec<Upgrade>>>,
+    rec: Arc<Mutex<Record>>,
     port: u16,
 ) -> anyhow::Result<()> {
     let (head, rest) = read_head(&mut conn).await?;
@@ -229,6 +242,12 @@ async fn serve(
             let doc = json!({"kind": "APIVersions", "versions": ["v1"],
                 "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0",
                                                 "serverAddress": format!("127.0.0.1:{port}")}]});
+            respond(&mut conn, 200, &doc).await?;
+        }
+        // kubectl 1.32 asks once per run, for its version skew warning.
+        ("GET", ["version"]) => {
+            let doc = json!({"major": "1", "minor": "32", "gitVersion": "v1.32.0",
+                             "platform": "linux/amd64"});
             respond(&mut conn, 200, &doc).await?;
         }
         ("GET", ["apis"]) => {
@@ -279,6 +298,9 @@ async fn serve(
         }
         _ => {
             let msg = format!("the stand-in serves no {} {}", head.method, head.path);
+            record(&rec)
+                .misses
+                .push(format!("{} {}", head.method, head.path));
             respond(&mut conn, 404, &status(404, "NotFound", &msg)).await?
         }
     }
@@ -490,7 +512,7 @@ async fn forward(
     rest: &[u8],
     url: &str,
     mut up: Upgrade,
-    rec: &Mutex<Vec<Upgrade>>,
+    rec: &Mutex<Record>,
 ) -> anyhow::Result<()> {
     let hostpath = url
         .strip_prefix("http://")
@@ -522,7 +544,7 @@ async fn forward(
         .or(resp.get("Sec-WebSocket-Protocol"))
         .unwrap_or_default()
         .to_string();
-    rec.lock().unwrap_or_else(|e| e.into_inner()).push(up);
+    record(rec).upgrades.push(up);
     client.write_all(&resp.raw).await?;
     client.write_all(&after).await?;
     let (mut cr, mut cw) = client.split();

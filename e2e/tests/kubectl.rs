@@ -220,6 +220,8 @@ impl Kube {
         } else {
             c.stream_upgrade
         };
+        let misses = self.api.take_misses();
+        assert!(misses.is_empty(), "{}: unanswered: {misses:?}", c.label);
         let ups = self.api.take_upgrades();
         assert!(ups.len() >= n, "{}: {ups:?}", c.label);
         for u in &ups {
