@@ -42,12 +42,14 @@ done
 
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "deps: all ${#PKGS[@]} packages present"
-  exit 0
+else
+  echo "deps: installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  echo "deps: done"
 fi
 
-echo "deps: installing: ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-echo "deps: done"
+# Debian's kubectl 1.20 (SPDY-only streaming) for e2e/tests/kubectl.rs, unpacked, not installed.
+echo "deps: kubectl 1.20 at $(bash "$(dirname "$0")/kubectl-old.sh")"

@@ -14,7 +14,12 @@ mkdir -p "$dir"
 work="$(mktemp -d)"
 chmod 755 "$work"  # apt downloads as _apt
 trap 'rm -rf "$work"' EXIT
-(cd "$work" && apt-get download -qq kubernetes-client >/dev/null)
+# Empty package lists (a fresh image) know no kubernetes-client: update them once and retry.
+if ! (cd "$work" && apt-get download -qq kubernetes-client >/dev/null 2>&1); then
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -qq >&2
+    (cd "$work" && apt-get download -qq kubernetes-client >/dev/null)
+fi
 dpkg-deb -x "$work"/kubernetes-client_*.deb "$dir"
 "$bin" version --client >/dev/null 2>&1 || { echo "unpacked kubectl does not run" >&2; exit 1; }
 echo "$bin"

@@ -35,6 +35,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub use k8s_cri::v1 as cri;
 
+pub mod apiserver;
 pub mod ctr;
 
 /// Plain HTTP registry, no auth.
