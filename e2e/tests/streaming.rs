@@ -400,13 +400,36 @@ fn http_get(port: u16) -> String {
 #[tokio::test]
 async fn port_forward_reaches_servers_inside_the_pod_on_two_ports() {
     let Some(mut e) = start().await else { return };
-    let (pod, _id) = e
+    let (pod, id) = e
         .running(
             "pf",
             "mkdir -p /w1 /w2; echo one > /w1/index.html; echo two > /w2/index.html; \
              httpd -p 127.0.0.1:8080 -h /w1; httpd -p 127.0.0.1:8081 -h /w2; sleep 3600",
         )
         .await;
+    // Both servers up before anything is forwarded (the shell starts them a moment after
+    // StartContainer returns).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let up = [8080, 8081].iter().all(|p| {
+            e.berthctl(&[
+                "exec",
+                "-s",
+                &id,
+                "wget",
+                "-q",
+                "-O-",
+                &format!("http://127.0.0.1:{p}/"),
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        });
+        if up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pod's servers did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for (i, t) in TRANSPORTS.iter().enumerate() {
         let (l1, l2) = (
             LOCAL_PORT_BASE + 2 * i as u16,
@@ -437,8 +460,15 @@ async fn port_forward_reaches_servers_inside_the_pod_on_two_ports() {
         for _ in 0..3 {
             let a = http_get(l1);
             let b = http_get(l2);
-            assert!(a.contains("200 OK") && a.ends_with("one\n"), "{t}: {a:?}");
-            assert!(b.contains("200 OK") && b.ends_with("two\n"), "{t}: {b:?}");
+            if !(a.contains("200 OK")
+                && a.ends_with("one\n")
+                && b.contains("200 OK")
+                && b.ends_with("two\n"))
+            {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("port-forward output");
+                panic!("{t}: {a:?} {b:?}\nberthctl: {}", text(&out.stderr));
+            }
         }
         let _ = child.kill();
         let _ = child.wait();

@@ -210,7 +210,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // The socket has been bound since start; connections queue until the server below runs.
     notify::notify("READY=1");
 
-    tonic::transport::Server::builder()
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let serve = tonic::transport::Server::builder()
         .add_service(
             RuntimeServiceServer::new(runtime)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -226,9 +227,23 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 images,
             )),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown_signal())
-        .await
-        .context("serving gRPC")?;
+        .serve_with_incoming_shutdown(incoming, {
+            let stopping = stopping.clone();
+            async move {
+                shutdown_signal().await;
+                stopping.notify_one();
+            }
+        });
+    // A client that keeps its connection (an event subscriber, an idle channel) must not hold
+    // the daemon: in-flight calls get a moment, then berthd stops anyway. Containers do not
+    // depend on it.
+    tokio::select! {
+        r = serve => r.context("serving gRPC")?,
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open; stopping anyway"),
+    }
     let _ = std::fs::remove_file(&cfg.listen);
     tracing::info!("berthd stopped");
     Ok(())
@@ -278,6 +293,9 @@ fn shim_path(cfg: &Config) -> PathBuf {
         .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("berth-shim"))
 }
+
+/// How long open connections may delay a stop after SIGTERM/SIGINT.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
