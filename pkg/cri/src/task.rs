@@ -65,12 +65,7 @@ pub(crate) fn new_id() -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub(crate) fn unix_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use berth_core::unix_nanos;
 
 /// Finds a record by its full ID or a unique prefix of it, as crictl users type IDs. `field`
 /// names the request field in errors, `what` the kind of object.

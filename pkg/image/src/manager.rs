@@ -201,7 +201,7 @@ impl ImageManager {
             size: pulled.size,
             user: pulled.user.clone(),
             pinned: false,
-            pulled_at: unix_nanos(),
+            pulled_at: berth_core::unix_nanos(),
         });
         if let Some(tag) = tag {
             push_unique(&mut rec.repo_tags, tag);
@@ -331,13 +331,6 @@ fn push_unique(v: &mut Vec<String>, s: String) {
 
 fn is_hex_prefix(s: &str) -> bool {
     s.len() >= 3 && s.len() <= 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-fn unix_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 // A poisoned lock only means another thread panicked mid-update of an in-memory cache that the

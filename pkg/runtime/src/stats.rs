@@ -159,7 +159,7 @@ pub fn memory_from(v2: bool, stat: &str, usage: u64, limit: Option<u64>) -> Memo
 /// Reads cgroup `path` (cgroupfs style, `/berth/pod…/<id>`).
 pub fn sample_cgroup(path: &str) -> CgroupSample {
     let f = files(path);
-    let timestamp = now_nanos();
+    let timestamp = berth_core::unix_nanos();
     let cpu_usage_ns = f.cpu.as_deref().and_then(|d| {
         if f.v2 {
             let stat = read(d, "cpu.stat")?;
@@ -209,13 +209,6 @@ fn memory_and_swap(d: &Path, v2: bool) -> (Option<MemorySample>, Option<SwapSamp
     (memory, swap)
 }
 
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
-        .unwrap_or(0)
-}
-
 /// Disk use of a directory tree, as `du` counts it: allocated blocks, each inode once.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DiskUsage {
@@ -227,7 +220,7 @@ pub struct DiskUsage {
 /// Walks `dir` without following symlinks and without leaving its filesystem (an overlay upper
 /// dir can hold nothing mounted, but a volume dir could).
 pub fn disk_usage(dir: &Path) -> std::io::Result<DiskUsage> {
-    let timestamp = now_nanos();
+    let timestamp = berth_core::unix_nanos();
     let root = std::fs::symlink_metadata(dir)?;
     let dev = root.dev();
     let mut seen = HashSet::new();
