@@ -35,6 +35,9 @@ struct Client {
     stream_upgrade: &'static str,
     /// The `Upgrade` header its port-forward requests carry.
     forward_upgrade: &'static str,
+    /// The exec/attach protocol kubelet would pick from its offer (the client's first that
+    /// kubelet serves: v5 also over SPDY since 1.30).
+    stream_protocol: &'static str,
 }
 
 fn clients() -> Option<Vec<Client>> {
@@ -59,6 +62,7 @@ fn clients() -> Option<Vec<Client>> {
             env: vec![],
             stream_upgrade: "websocket",
             forward_upgrade: "websocket",
+            stream_protocol: "v5.channel.k8s.io",
         },
         Client {
             label: "kubectl 1.32 (SPDY)",
@@ -69,6 +73,7 @@ fn clients() -> Option<Vec<Client>> {
             ],
             stream_upgrade: "SPDY/3.1",
             forward_upgrade: "SPDY/3.1",
+            stream_protocol: "v5.channel.k8s.io",
         },
         Client {
             label: "kubectl 1.20",
@@ -76,6 +81,7 @@ fn clients() -> Option<Vec<Client>> {
             env: vec![],
             stream_upgrade: "SPDY/3.1",
             forward_upgrade: "SPDY/3.1",
+            stream_protocol: "v4.channel.k8s.io",
         },
     ])
 }
@@ -235,8 +241,7 @@ impl Kube {
             let proto = match (sub, want) {
                 ("portforward", "websocket") => "SPDY/3.1+portforward.k8s.io",
                 ("portforward", _) => "portforward.k8s.io",
-                (_, "websocket") => "v5.channel.k8s.io",
-                _ => "v4.channel.k8s.io",
+                _ => c.stream_protocol,
             };
             assert!(
                 u.protocols.iter().any(|p| p == proto),
@@ -261,6 +266,46 @@ fn wait_output(child: std::process::Child, limit: Duration) -> Output {
             kill(pid);
             panic!("kubectl did not finish within {limit:?}");
         }
+    }
+}
+
+/// `script` giving `line` a terminal; `SHELL` fixed so the test does not depend on the
+/// caller's login shell (`script -c` runs `$SHELL`).
+fn script(line: &str) -> std::process::Child {
+    Command::new("script")
+        .args(["-qec", line, "/dev/null"])
+        .env("SHELL", "/bin/sh")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script")
+}
+
+/// Everything `r` yields, gathered by a thread as it comes.
+fn tail(mut r: impl Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let b = buf.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = r.read(&mut chunk) {
+            if n == 0 {
+                return;
+            }
+            b.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    buf
+}
+
+/// Kills `pid` and every process below it, children first found, so none is reparented
+/// and missed.
+fn kill_tree(pid: u32) {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    kill(pid);
+    for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+        kill_tree(c);
     }
 }
 
@@ -339,13 +384,7 @@ async fn kubectl_exec_it_sees_the_terminal_size_and_a_resize() {
             "stty rows 33 cols 77; (sleep 2; stty rows 40 cols 100 </dev/tty) & {}",
             k.kubectl_line(i, "exec -it ktty -- sh -c 'stty size; sleep 4; stty size'")
         );
-        let mut child = Command::new("script")
-            .args(["-qec", &inner, "/dev/null"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("script");
+        let mut child = script(&inner);
         // Held open: at EOF on its stdin `script` types into the terminal, which kubectl would
         // pass on to the container.
         let keep = child.stdin.take();
@@ -367,36 +406,36 @@ async fn kubectl_attach_it_to_a_tty_container_sets_its_size() {
     for i in 0..k.clients.len() {
         let l = k.clients[i].label;
         let rows = 20 + i;
-        // Attaching leaves the container running, so kubectl never ends by itself: `timeout`
-        // ends it once the answer had time to come.
+        // `exec` keeps kubectl in the terminal's foreground process group whatever shell
+        // `script` starts: in a background group its tcsetattr to raw mode would stop it
+        // (SIGTTOU). kubectl's own log goes to a file so a failure shows what it did.
+        let log = k.homes[i].path().join("attach.log");
         let inner = format!(
-            "stty rows {rows} cols 55; timeout -s KILL 6 {}",
-            k.kubectl_line(i, "attach -it kattach")
+            "stty rows {rows} cols 55; exec {} 2>{}",
+            k.kubectl_line(i, "attach -it kattach -v=6"),
+            log.display()
         );
-        let mut child = Command::new("script")
-            .args(["-qec", &inner, "/dev/null"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("script");
+        let mut child = script(&inner);
         let mut w = child.stdin.take().unwrap();
-        std::thread::spawn(move || {
-            for _ in 0..10 {
-                std::thread::sleep(Duration::from_millis(500));
-                if w.write_all(b"echo size=$(stty size)\n").is_err() {
-                    return;
-                }
+        let seen = tail(child.stdout.take().unwrap());
+        let want = format!("size={rows} 55");
+        // Attaching leaves the container running, so kubectl never ends by itself: it is
+        // ended once the answer came (lines typed before the shell reads are simply echoed).
+        let deadline = Instant::now() + Duration::from_secs(45);
+        while !text(&seen.lock().unwrap()).contains(&want) && Instant::now() < deadline {
+            if w.write_all(b"echo size=$(stty size)\n").is_err() {
+                break;
             }
-            // Kept open until kubectl is gone (see the exec -it test).
-            std::thread::sleep(Duration::from_secs(10));
-        });
-        let out = wait_output(child, Duration::from_secs(60));
-        let got = text(&out.stdout);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        kill_tree(child.id());
+        let _ = child.wait();
+        drop(w);
+        let got = text(&seen.lock().unwrap());
         assert!(
-            got.contains(&format!("size={rows} 55")),
-            "{l}: {got:?} {}",
-            text(&out.stderr)
+            got.contains(&want),
+            "{l}: {got:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
         k.assert_upgrades(i, "attach", 1);
     }

@@ -293,6 +293,8 @@ async fn tty_exec_sees_the_terminal_size_and_its_changes() {
         );
         let child = Command::new("script")
             .args(["-qec", &inner, "/dev/null"])
+            // `script -c` runs `$SHELL`: fixed, so the caller's login shell does not matter.
+            .env("SHELL", "/bin/sh")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -223,7 +223,7 @@ async fn spdy_remote_command(url: &str, io: Io) -> Result<i32, Error> {
     let proto = get(&up.headers, "x-stream-protocol-version")
         .unwrap_or(remotecommand::V1)
         .to_string();
-    let v4 = proto == remotecommand::V4;
+    let v4 = proto == remotecommand::V5 || proto == remotecommand::V4;
     let io_stream = Prefixed::new(up.sock, up.leftover);
     let (session, _incoming) =
         spdy::session::start(io_stream, false, spdy::Limits::default(), None);
@@ -285,8 +285,8 @@ async fn spdy_remote_command(url: &str, io: Io) -> Result<i32, Error> {
 }
 
 async fn ws_remote_command(url: &str, io: Io) -> Result<i32, Error> {
-    let (up, proto) = ws_upgrade(url, &[remotecommand::WS_V5, remotecommand::V4]).await?;
-    let v5 = proto == remotecommand::WS_V5;
+    let (up, proto) = ws_upgrade(url, &[remotecommand::V5, remotecommand::V4]).await?;
+    let v5 = proto == remotecommand::V5;
     let v4 = v5 || proto == remotecommand::V4;
     let (r, w) = up.sock.into_split();
     let mut reader = ws::Reader::new(r, up.leftover, ws::MAX_MESSAGE);

@@ -18,13 +18,15 @@ pub const V4: &str = "v4.channel.k8s.io";
 pub const V3: &str = "v3.channel.k8s.io";
 pub const V2: &str = "v2.channel.k8s.io";
 pub const V1: &str = "channel.k8s.io";
+/// v5 adds the WebSocket close signal; over SPDY, where streams close on their own, kubelet
+/// serves it as v4, and so does berth (kubectl 1.32 offers it first).
+pub const V5: &str = "v5.channel.k8s.io";
 /// The SPDY protocols, newest first.
-pub const SPDY_PROTOCOLS: &[&str] = &[V4, V3, V2, V1];
-pub const WS_V5: &str = "v5.channel.k8s.io";
+pub const SPDY_PROTOCOLS: &[&str] = &[V5, V4, V3, V2, V1];
 pub const WS_V4_BASE64: &str = "v4.base64.channel.k8s.io";
 pub const WS_BASE64: &str = "base64.channel.k8s.io";
 /// The WebSocket subprotocols ("" stands for a client that names none).
-pub const WS_PROTOCOLS: &[&str] = &[WS_V5, V4, WS_V4_BASE64, V1, WS_BASE64, ""];
+pub const WS_PROTOCOLS: &[&str] = &[V5, V4, WS_V4_BASE64, V1, WS_BASE64, ""];
 
 pub const CH_STDIN: u8 = 0;
 pub const CH_STDOUT: u8 = 1;
@@ -154,7 +156,8 @@ pub async fn serve_spdy<IO>(
 {
     let (session, mut incoming) =
         spdy::session::start(io, true, spdy::Limits::default(), Some(idle));
-    let resize_ok = protocol == V4 || protocol == V3;
+    let v4 = protocol == V5 || protocol == V4;
+    let resize_ok = v4 || protocol == V3;
     let expected = 1
         + opts.stdin as usize
         + opts.stdout as usize
@@ -222,7 +225,7 @@ pub async fn serve_spdy<IO>(
         let _ = p.await;
     }
     if let Some(e) = error {
-        let body = if protocol == V4 {
+        let body = if v4 {
             Some(status_json(&outcome))
         } else {
             status_text(&outcome)
@@ -326,8 +329,8 @@ pub async fn serve_ws<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let base64 = protocol.contains("base64");
-    let v4 = matches!(protocol, WS_V5 | V4 | WS_V4_BASE64);
-    let v5 = protocol == WS_V5;
+    let v4 = matches!(protocol, V5 | V4 | WS_V4_BASE64);
+    let v5 = protocol == V5;
     let (out, writer) = spawn_ws_writer(w, base64, false);
     let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(16);
     let (resize_tx, resize_rx) = mpsc::channel::<Bytes>(4);
