@@ -40,6 +40,10 @@ pub(crate) struct GlobalOpts {
     /// Print requests and responses to stderr
     #[arg(short = 'D', long)]
     pub debug: bool,
+    /// CA certificates (PEM) an https streaming server must chain to; without it any
+    /// certificate is accepted, as crictl does
+    #[arg(long, value_name = "PEM", env = "BERTHCTL_STREAM_CA")]
+    pub stream_ca: Option<std::path::PathBuf>,
 }
 
 impl GlobalOpts {
@@ -48,6 +52,14 @@ impl GlobalOpts {
             .as_deref()
             .filter(|s| !s.is_empty())
             .unwrap_or(&self.runtime_endpoint)
+    }
+
+    /// How https streaming servers are trusted.
+    pub(crate) fn stream_trust(&self) -> berth_streaming::client::Trust {
+        match &self.stream_ca {
+            Some(path) => berth_streaming::client::Trust::CaFile(path.clone()),
+            None => berth_streaming::client::Trust::AnyCertificate,
+        }
     }
 
     /// Deadline of an ordinary (non-pull) call.

@@ -64,6 +64,8 @@ pub struct StreamingConfig {
     pub tls_key: Option<PathBuf>,
     /// A stream with no traffic for this long is closed (kubelet: 4 h).
     pub idle_timeout_secs: u64,
+    /// A streaming URL not used this long after its call stops working (kubelet: 1 min).
+    pub token_ttl_secs: u64,
 }
 
 impl Default for StreamingConfig {
@@ -74,6 +76,7 @@ impl Default for StreamingConfig {
             tls_cert: None,
             tls_key: None,
             idle_timeout_secs: 4 * 3600,
+            token_ttl_secs: 60,
         }
     }
 }
@@ -91,10 +94,19 @@ impl StreamingConfig {
         if self.idle_timeout_secs == 0 {
             anyhow::bail!("streaming.idle_timeout_secs must be positive");
         }
+        // kubelet asks for the URL and uses it at once; more than an hour would only keep
+        // leaked tokens usable.
+        if !(1..=3600).contains(&self.token_ttl_secs) {
+            anyhow::bail!(
+                "streaming.token_ttl_secs must be 1 to 3600, not {}",
+                self.token_ttl_secs
+            );
+        }
         Ok(berth_streaming::Config {
             addr: std::net::SocketAddr::new(self.address, self.port),
             tls,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            token_ttl: Duration::from_secs(self.token_ttl_secs),
             ..berth_streaming::Config::default()
         })
     }
@@ -402,6 +414,7 @@ const DOCS: &[Doc] = &[
         "\"/etc/berth/streaming.key\"",
     ),
     doc("streaming.idle_timeout_secs", "A stream with no traffic this long is closed (kubelet's 4 h)."),
+    doc("streaming.token_ttl_secs", "A streaming URL not used this long after its call is refused with 404 (kubelet's 1 min; 1-3600)."),
     doc("metrics", "The Prometheus endpoint (off by default, as containerd's)."),
     doc(
         "metrics.address",

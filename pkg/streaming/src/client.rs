@@ -47,29 +47,168 @@ pub struct Io {
 
 const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A plain or TLS connection to the streaming server.
+trait Conn: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Conn for T {}
+type BoxConn = Box<dyn Conn>;
+
 struct Upgraded {
-    sock: TcpStream,
+    sock: BoxConn,
     headers: Vec<(String, String)>,
     leftover: BytesMut,
 }
 
-fn split_url(url: &str) -> Result<(String, String), Error> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        Error::Refused(format!("{url}: only http:// streaming URLs are supported"))
-    })?;
+struct Target {
+    tls: bool,
+    host: String,
+    path: String,
+}
+
+fn split_url(url: &str) -> Result<Target, Error> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        return Err(Error::Refused(format!(
+            "{url}: streaming URLs are http:// or https://"
+        )));
+    };
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    Ok((host.to_string(), path.to_string()))
+    Ok(Target {
+        tls,
+        host: host.to_string(),
+        path: path.to_string(),
+    })
+}
+
+/// A streaming URL (what the CRI call returned) and how to trust its server if it is https.
+#[derive(Debug, Clone, Copy)]
+pub struct Url<'a> {
+    pub url: &'a str,
+    pub trust: &'a Trust,
+}
+
+/// How an https streaming server is trusted.
+#[derive(Debug, Clone, Default)]
+pub enum Trust {
+    /// Any certificate, as crictl does: the URL came from the runtime over its local socket,
+    /// and runtimes serve self-signed certificates made at start.
+    #[default]
+    AnyCertificate,
+    /// Only certificates chaining to the CA certificates in this PEM file.
+    CaFile(std::path::PathBuf),
+}
+
+fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, Error> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(format!("protocol versions: {e}")))?;
+    let cfg = match trust {
+        Trust::AnyCertificate => builder
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth(),
+        Trust::CaFile(path) => {
+            use rustls::pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
+            for c in certs {
+                let c = c.map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
+                roots
+                    .add(c)
+                    .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    Ok(cfg)
+}
+
+/// Accepts any server certificate but still checks the handshake signatures, so the session
+/// is at least bound to the key the server presented.
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+async fn connect(t: &Target, trust: &Trust) -> Result<BoxConn, Error> {
+    let sock = TcpStream::connect(&t.host).await?;
+    let _ = sock.set_nodelay(true);
+    if !t.tls {
+        return Ok(Box::new(sock));
+    }
+    // The name without its port; an IP literal (in brackets for v6) is checked as an IP.
+    let name = match t.host.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => h,
+        _ => t.host.as_str(),
+    }
+    .trim_start_matches('[')
+    .trim_end_matches(']');
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string())
+        .map_err(|e| Error::Tls(format!("server name {name:?}: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_config(trust)?));
+    let tls = connector
+        .connect(server_name, sock)
+        .await
+        .map_err(|e| Error::Tls(format!("{}: {e}", t.host)))?;
+    Ok(Box::new(tls))
 }
 
 /// Sends the upgrade request and reads the response head; anything but 101 is an error
 /// carrying the status and body.
-async fn upgrade(url: &str, headers: &[(&str, String)]) -> Result<Upgraded, Error> {
-    let (host, path) = split_url(url)?;
-    let mut sock = TcpStream::connect(&host).await?;
-    let _ = sock.set_nodelay(true);
+async fn upgrade(url: &Url<'_>, headers: &[(&str, String)]) -> Result<Upgraded, Error> {
+    let t = split_url(url.url)?;
+    let mut sock = connect(&t, url.trust).await?;
+    let (host, path) = (&t.host, &t.path);
     let mut req = format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -134,7 +273,7 @@ fn ws_headers(protocols: &[&str]) -> (Vec<(&'static str, String)>, String) {
     )
 }
 
-async fn ws_upgrade(url: &str, protocols: &[&str]) -> Result<(Upgraded, String), Error> {
+async fn ws_upgrade(url: &Url<'_>, protocols: &[&str]) -> Result<(Upgraded, String), Error> {
     let (hs, key) = ws_headers(protocols);
     let up = upgrade(url, &hs).await?;
     if get(&up.headers, "sec-websocket-accept") != Some(ws::accept_key(&key).as_str()) {
@@ -177,10 +316,10 @@ fn outcome(protocol_v4: bool, body: &[u8]) -> Result<i32, Error> {
 
 /// Runs an exec or attach session at `url` (the URL the CRI Exec/Attach call returned) and
 /// returns the remote exit code.
-pub async fn remote_command(url: &str, transport: Transport, io: Io) -> Result<i32, Error> {
+pub async fn remote_command(url: Url<'_>, transport: Transport, io: Io) -> Result<i32, Error> {
     match transport {
-        Transport::Spdy => spdy_remote_command(url, io).await,
-        Transport::WebSocket => ws_remote_command(url, io).await,
+        Transport::Spdy => spdy_remote_command(&url, io).await,
+        Transport::WebSocket => ws_remote_command(&url, io).await,
     }
 }
 
@@ -212,7 +351,7 @@ async fn copy_out(mut rx: mpsc::Receiver<Bytes>, mut dst: Output) {
     }
 }
 
-async fn spdy_remote_command(url: &str, io: Io) -> Result<i32, Error> {
+async fn spdy_remote_command(url: &Url<'_>, io: Io) -> Result<i32, Error> {
     let mut hs: Vec<(&str, String)> = remotecommand::SPDY_PROTOCOLS
         .iter()
         .map(|p| ("X-Stream-Protocol-Version", p.to_string()))
@@ -284,11 +423,11 @@ async fn spdy_remote_command(url: &str, io: Io) -> Result<i32, Error> {
     outcome(v4, &body)
 }
 
-async fn ws_remote_command(url: &str, io: Io) -> Result<i32, Error> {
+async fn ws_remote_command(url: &Url<'_>, io: Io) -> Result<i32, Error> {
     let (up, proto) = ws_upgrade(url, &[remotecommand::V5, remotecommand::V4]).await?;
     let v5 = proto == remotecommand::V5;
     let v4 = v5 || proto == remotecommand::V4;
-    let (r, w) = up.sock.into_split();
+    let (r, w) = tokio::io::split(up.sock);
     let mut reader = ws::Reader::new(r, up.leftover, ws::MAX_MESSAGE);
     let (out, writer) = spawn_ws_writer(w, false, true);
     if let Some(mut stdin) = io.stdin {
@@ -383,7 +522,7 @@ pub struct PortForwarder {
 
 impl PortForwarder {
     /// Connects to the URL the CRI PortForward call returned.
-    pub async fn connect(url: &str, transport: Transport) -> Result<PortForwarder, Error> {
+    pub async fn connect(url: Url<'_>, transport: Transport) -> Result<PortForwarder, Error> {
         let session = match transport {
             Transport::Spdy => {
                 let hs = vec![
@@ -394,7 +533,7 @@ impl PortForwarder {
                     ("Upgrade", "SPDY/3.1".into()),
                     ("Connection", "Upgrade".into()),
                 ];
-                let up = upgrade(url, &hs).await?;
+                let up = upgrade(&url, &hs).await?;
                 spdy::session::start(
                     Prefixed::new(up.sock, up.leftover),
                     false,
@@ -404,14 +543,14 @@ impl PortForwarder {
                 .0
             }
             Transport::WebSocket => {
-                let (up, proto) = ws_upgrade(url, &[portforward::TUNNEL_PROTOCOL]).await?;
+                let (up, proto) = ws_upgrade(&url, &[portforward::TUNNEL_PROTOCOL]).await?;
                 if proto != portforward::TUNNEL_PROTOCOL {
                     return Err(Error::Refused(format!(
                         "server chose {proto:?}, not {}",
                         portforward::TUNNEL_PROTOCOL
                     )));
                 }
-                let (r, w) = up.sock.into_split();
+                let (r, w) = tokio::io::split(up.sock);
                 let reader = ws::Reader::new(r, up.leftover, ws::MAX_MESSAGE);
                 let (ours, theirs) = tokio::io::duplex(256 << 10);
                 tokio::spawn(tunnel_pump(reader, w, theirs, true));
@@ -492,14 +631,14 @@ impl PortForwarder {
     }
 }
 
-/// A socket whose first bytes were already read with the response head.
+/// A connection whose first bytes were already read with the response head.
 struct Prefixed {
-    sock: TcpStream,
+    sock: BoxConn,
     prefix: BytesMut,
 }
 
 impl Prefixed {
-    fn new(sock: TcpStream, prefix: BytesMut) -> Self {
+    fn new(sock: BoxConn, prefix: BytesMut) -> Self {
         Self { sock, prefix }
     }
 }

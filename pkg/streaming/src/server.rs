@@ -38,6 +38,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// A client that has not created all its streams this long after the upgrade is dropped.
     pub stream_creation_timeout: Duration,
+    /// An unused streaming URL stops working this long after the call that made it.
+    pub token_ttl: Duration,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             tls: None,
             idle_timeout: Duration::from_secs(4 * 3600),
             stream_creation_timeout: Duration::from_secs(30),
+            token_ttl: TOKEN_TTL,
         }
     }
 }
@@ -107,14 +110,6 @@ pub struct Server {
 impl Server {
     /// Binds and starts serving in the background.
     pub async fn start(config: Config, backend: Arc<dyn Backend>) -> Result<Server, Error> {
-        Self::start_with(config, backend, TOKEN_TTL).await
-    }
-
-    pub async fn start_with(
-        config: Config,
-        backend: Arc<dyn Backend>,
-        ttl: Duration,
-    ) -> Result<Server, Error> {
         let listener = TcpListener::bind(config.addr).await?;
         let addr = listener.local_addr()?;
         let tls = match &config.tls {
@@ -126,7 +121,7 @@ impl Server {
         let state = Arc::new(State {
             cache: TokenCache {
                 entries: Mutex::new(HashMap::new()),
-                ttl,
+                ttl: config.token_ttl,
                 max: MAX_IN_FLIGHT,
             },
             backend,

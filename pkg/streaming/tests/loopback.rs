@@ -88,6 +88,12 @@ impl Backend for Local {
     }
 }
 
+static ANY: client::Trust = client::Trust::AnyCertificate;
+
+fn plain(url: &str) -> client::Url<'_> {
+    client::Url { url, trust: &ANY }
+}
+
 async fn server() -> Server {
     Server::start(Config::default(), Arc::new(Local))
         .await
@@ -117,6 +123,16 @@ async fn exec(
     cmd: &[&str],
     stdin: Option<Vec<u8>>,
 ) -> (i32, Vec<u8>, Vec<u8>) {
+    try_exec(srv, &ANY, t, cmd, stdin).await.unwrap()
+}
+
+async fn try_exec(
+    srv: &Server,
+    trust: &client::Trust,
+    t: Transport,
+    cmd: &[&str],
+    stdin: Option<Vec<u8>>,
+) -> Result<(i32, Vec<u8>, Vec<u8>), berth_streaming::Error> {
     let url = srv.get_exec(exec_req(cmd, stdin.is_some())).unwrap();
     let (out, mut out_r) = sink();
     let (err, mut err_r) = sink();
@@ -133,12 +149,103 @@ async fn exec(
         let _ = tokio::join!(out_r.read_to_end(&mut o), err_r.read_to_end(&mut e));
         (o, e)
     });
-    let code = tokio::time::timeout(Duration::from_secs(20), client::remote_command(&url, t, io))
+    let url = client::Url { url: &url, trust };
+    let code = tokio::time::timeout(Duration::from_secs(20), client::remote_command(url, t, io))
         .await
-        .expect("exec timed out")
-        .unwrap();
+        .expect("exec timed out")?;
     let (o, e) = reader.await.unwrap();
-    (code, o, e)
+    Ok((code, o, e))
+}
+
+/// A CA, a server certificate for 127.0.0.1 it signed, and a self-signed one, as PEM files.
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: std::path::PathBuf,
+    signed: berth_streaming::TlsFiles,
+    self_signed: berth_streaming::TlsFiles,
+}
+
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let host = || rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let signed = host().signed_by(&key, &ca, &ca_key).unwrap();
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let other = host().self_signed(&other_key).unwrap();
+    Pki {
+        ca: write("ca.pem", ca.pem()),
+        signed: berth_streaming::TlsFiles {
+            cert: write("signed.pem", signed.pem()),
+            key: write("signed.key", key.serialize_pem()),
+        },
+        self_signed: berth_streaming::TlsFiles {
+            cert: write("self.pem", other.pem()),
+            key: write("self.key", other_key.serialize_pem()),
+        },
+        _dir: dir,
+    }
+}
+
+async fn tls_server(files: &berth_streaming::TlsFiles) -> Server {
+    let cfg = Config {
+        tls: Some(files.clone()),
+        ..Config::default()
+    };
+    Server::start(cfg, Arc::new(Local)).await.unwrap()
+}
+
+#[tokio::test]
+async fn https_streaming_trusts_any_certificate_or_only_a_given_ca() {
+    let pki = pki();
+    let signed = tls_server(&pki.signed).await;
+    let self_signed = tls_server(&pki.self_signed).await;
+    let ca = client::Trust::CaFile(pki.ca.clone());
+    let echo = ["sh", "-c", "echo hi; exit 4"];
+    for t in [Transport::Spdy, Transport::WebSocket] {
+        for (srv, trust) in [(&signed, &ANY), (&self_signed, &ANY), (&signed, &ca)] {
+            let (code, out, _) = try_exec(srv, trust, t, &echo, None).await.unwrap();
+            assert_eq!((code, out.as_slice()), (4, &b"hi\n"[..]), "{t:?} {trust:?}");
+        }
+        let err = try_exec(&self_signed, &ca, t, &echo, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, berth_streaming::Error::Tls(_)),
+            "{t:?}: {err}"
+        );
+        let url = signed
+            .get_port_forward(PortForwardRequest {
+                pod_id: "p".into(),
+                ports: vec![],
+            })
+            .unwrap();
+        assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+        let url = client::Url {
+            url: &url,
+            trust: &ca,
+        };
+        let pf = PortForwarder::connect(url, t).await.unwrap();
+        let port = echo_server().await;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (theirs, _) = l.accept().await.unwrap();
+        let fwd = tokio::spawn(async move { pf.forward(port, theirs).await });
+        c.write_all(b"through tls").await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"through tls");
+        fwd.await.unwrap().unwrap();
+    }
 }
 
 #[tokio::test]
@@ -184,7 +291,9 @@ async fn missing_binary_is_a_failure_not_a_hang() {
             tty: false,
             resize: None,
         };
-        let err = client::remote_command(&url, t, io).await.unwrap_err();
+        let err = client::remote_command(plain(&url), t, io)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("No such file"), "{t:?}: {err}");
     }
 }
@@ -210,7 +319,7 @@ async fn attach_streams_backend_output() {
             tty: false,
             resize: None,
         };
-        assert_eq!(client::remote_command(&url, t, io).await.unwrap(), 0);
+        assert_eq!(client::remote_command(plain(&url), t, io).await.unwrap(), 0);
         let mut got = Vec::new();
         r.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"attached\n");
@@ -242,7 +351,7 @@ async fn port_forward_over_spdy_and_tunnel_two_ports() {
                 ports: vec![],
             })
             .unwrap();
-        let pf = Arc::new(PortForwarder::connect(&url, t).await.unwrap());
+        let pf = Arc::new(PortForwarder::connect(plain(&url), t).await.unwrap());
         let mut joins = Vec::new();
         for port in [p1, p2] {
             let pf = pf.clone();
@@ -298,13 +407,11 @@ fn path_of(url: &str) -> String {
 
 #[tokio::test]
 async fn bad_reused_and_expired_tokens_are_404() {
-    let srv = Server::start_with(
-        Config::default(),
-        Arc::new(Local),
-        Duration::from_millis(200),
-    )
-    .await
-    .unwrap();
+    let cfg = Config {
+        token_ttl: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let srv = Server::start(cfg, Arc::new(Local)).await.unwrap();
     let (resp, _) = raw_request(&srv, "/exec/nonsense", "").await;
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
     let url = srv.get_exec(exec_req(&["true"], false)).unwrap();

@@ -36,8 +36,15 @@ pub(crate) async fn run(g: &GlobalOpts, args: Args) -> Result<()> {
         .call(&what, Some(g.call_timeout()), req, |r| c.attach(r))
         .await?
         .url;
-    let code =
-        super::stream::attach_local(&url, args.transport, args.stdin, args.tty, !args.tty).await?;
+    let code = super::stream::attach_local(
+        &url,
+        &g.stream_trust(),
+        args.transport,
+        args.stdin,
+        args.tty,
+        !args.tty,
+    )
+    .await?;
     if code != 0 {
         return Err(ExitStatus(code).into());
     }

@@ -1165,6 +1165,7 @@ mod tests {
             image_endpoint: None,
             timeout: None,
             debug: false,
+            stream_ca: None,
         };
         let a = Cli::try_parse_from(["containers", "--runs", "5"])
             .unwrap()

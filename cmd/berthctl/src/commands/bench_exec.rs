@@ -238,7 +238,14 @@ async fn measure_in_pod(
             .call("port-forward", g.timeout, req, |r| rt.port_forward(r))
             .await?
             .url;
-        let pf = PortForwarder::connect(&url, a.transport.into()).await?;
+        let pf = PortForwarder::connect(
+            berth_streaming::client::Url {
+                url: &url,
+                trust: &g.stream_trust(),
+            },
+            a.transport.into(),
+        )
+        .await?;
         for _ in 0..a.transfers {
             let took = transfer(&pf, a.port, a.bytes).await?;
             p.throughput.push(a.bytes as f64 / took.as_secs_f64());
@@ -270,7 +277,15 @@ async fn exec_true(
         tty: false,
         resize: None,
     };
-    let code = remote_command(&url, transport.into(), io).await?;
+    let code = remote_command(
+        berth_streaming::client::Url {
+            url: &url,
+            trust: &g.stream_trust(),
+        },
+        transport.into(),
+        io,
+    )
+    .await?;
     let took = start.elapsed();
     if code != 0 {
         bail!("`true` exited with {code}");

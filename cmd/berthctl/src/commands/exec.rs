@@ -223,9 +223,15 @@ async fn streaming(g: &GlobalOpts, args: Args) -> Result<()> {
         .call(&what, Some(g.call_timeout()), req, |r| c.exec(r))
         .await?
         .url;
-    let code =
-        super::stream::attach_local(&url, args.transport, args.interactive, args.tty, !args.tty)
-            .await?;
+    let code = super::stream::attach_local(
+        &url,
+        &g.stream_trust(),
+        args.transport,
+        args.interactive,
+        args.tty,
+        !args.tty,
+    )
+    .await?;
     if code != 0 && !args.ignore_errors {
         return Err(ExitStatus(code).into());
     }
@@ -301,6 +307,7 @@ mod tests {
             image_endpoint: None,
             timeout: None,
             debug: false,
+            stream_ca: None,
         };
         let e = run(&g, parse(&["--name", "web", "true"]))
             .await

@@ -58,7 +58,16 @@ pub(crate) async fn run(g: &GlobalOpts, args: Args) -> Result<()> {
         .call(&what, Some(g.call_timeout()), req, |r| c.port_forward(r))
         .await?
         .url;
-    let pf = Arc::new(PortForwarder::connect(&url, args.transport.into()).await?);
+    let pf = Arc::new(
+        PortForwarder::connect(
+            berth_streaming::client::Url {
+                url: &url,
+                trust: &g.stream_trust(),
+            },
+            args.transport.into(),
+        )
+        .await?,
+    );
     let mut listeners = Vec::new();
     for (local, remote) in maps {
         let l = TcpListener::bind((args.address.as_str(), local))

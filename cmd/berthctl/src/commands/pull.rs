@@ -432,6 +432,7 @@ mod tests {
                 image_endpoint: None,
                 timeout: None,
                 debug: false,
+                stream_ca: None,
             }
         }
     }

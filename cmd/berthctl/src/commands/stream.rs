@@ -163,6 +163,7 @@ fn resize_events() -> mpsc::Receiver<TermSize> {
 /// Runs the session at `url` with our stdio; returns the remote exit code.
 pub(crate) async fn attach_local(
     url: &str,
+    trust: &client::Trust,
     transport: Transport,
     stdin: bool,
     tty: bool,
@@ -177,6 +178,6 @@ pub(crate) async fn attach_local(
         tty,
         resize: tty.then(resize_events),
     };
-    let code = client::remote_command(url, transport.into(), io).await?;
+    let code = client::remote_command(client::Url { url, trust }, transport.into(), io).await?;
     Ok(code)
 }
