@@ -9,6 +9,8 @@
 # what reaches port 19977 (`nc -ll -e`), image 127.0.0.1:5000/berth/busybox:latest
 # (hack/build-images.sh). Needs the local registry (hack/registry.sh start). Everything lives
 # under $BERTH_BENCH_DIR (default /var/tmp/berth-bench). Stops on exit what it started.
+# The floor row is plain TCP through the same hops (sender, client copy, relay process, sink):
+# what the machine's loopback allows at all.
 # Note: containerd 1.6 speaks only SPDY; with --transport websocket its row fails.
 set -euo pipefail
 
@@ -186,5 +188,5 @@ log "$runs execs and $transfers transfers of $bytes bytes per row ($transport)"
   --endpoint "unix://$BERTH_SOCK" --label "berth=unix://$BERTH_SOCK" \
   --endpoint "unix://$CONTAINERD_SOCK" --label "containerd=unix://$CONTAINERD_SOCK" \
   --image "$IMAGE" --transport "$transport" \
-  --runs "$runs" --transfers "$transfers" --bytes "$bytes" \
+  --runs "$runs" --transfers "$transfers" --bytes "$bytes" --floor \
   ${json[@]+"${json[@]}"}

@@ -96,9 +96,35 @@ enum Command {
     Man(commands::completion::ManArgs),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A streaming session is a chain of copies between sockets: on one thread each hand-off
+    // between its tasks is a queue push instead of waking another thread, which on loopback
+    // is a good part of the cost per byte.
+    let streaming = match &cli.command {
+        Command::Exec(_) | Command::Attach(_) | Command::PortForward(_) => true,
+        Command::Bench(a) => a.is_streaming(),
+        _ => false,
+    };
+    let runtime = if streaming {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    match runtime {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("berthctl: starting the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let g = &cli.global;
     let res = match cli.command {
         Command::Version(a) => commands::version::run(g, a).await,

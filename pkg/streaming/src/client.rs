@@ -327,22 +327,6 @@ fn stream_headers(kind: &str) -> Headers {
     vec![("streamtype".to_string(), kind.to_string())]
 }
 
-async fn copy_in(mut src: Input, tx: spdy::StreamWriter) {
-    let mut buf = BytesMut::with_capacity(32 << 10);
-    loop {
-        buf.reserve(32 << 10);
-        match src.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                if tx.write(buf.split().freeze()).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-    let _ = tx.close().await;
-}
-
 async fn copy_out(mut rx: mpsc::Receiver<Bytes>, mut dst: Output) {
     while let Some(b) = rx.recv().await {
         if dst.write_all(&b).await.is_err() || dst.flush().await.is_err() {
@@ -408,7 +392,7 @@ async fn spdy_remote_command(url: &Url<'_>, io: Io) -> Result<i32, Error> {
         }
     }
     if let (Some(stdin), Some(s)) = (io.stdin, stdin_stream) {
-        tokio::spawn(copy_in(stdin, s.tx));
+        tokio::spawn(async move { s.tx.copy_from(stdin).await });
     }
     let mut body = Vec::new();
     while let Some(b) = error.rx.recv().await {
@@ -565,7 +549,10 @@ impl PortForwarder {
 
     /// Forwards one local connection to `port` in the pod until either side closes. An error
     /// the server reports (nothing listening, say) is returned.
-    pub async fn forward(&self, port: u16, conn: TcpStream) -> Result<(), Error> {
+    pub async fn forward<C>(&self, port: u16, conn: C) -> Result<(), Error>
+    where
+        C: AsyncRead + AsyncWrite + Send + 'static,
+    {
         let id = self
             .next_request
             .fetch_add(1, Ordering::Relaxed)
@@ -579,23 +566,9 @@ impl PortForwarder {
         };
         let mut error = self.session.open(h("error"), STREAM_TIMEOUT).await?;
         let data = self.session.open(h("data"), STREAM_TIMEOUT).await?;
-        let (mut r, mut w) = conn.into_split();
+        let (r, mut w) = tokio::io::split(conn);
         let tx = data.tx.clone();
-        let up = async move {
-            let mut buf = BytesMut::with_capacity(64 << 10);
-            loop {
-                buf.reserve(64 << 10);
-                match r.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        if tx.write(buf.split().freeze()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = tx.close().await;
-        };
+        let up = async move { tx.copy_from(r).await };
         let mut rx = data.rx;
         let down = async move {
             while let Some(b) = rx.recv().await {

@@ -129,7 +129,7 @@ async fn forward(backend: Arc<dyn Backend>, pod: String, data: Stream, error: St
 /// Copies both ways between a TCP connection and one SPDY data stream, half-closing each side
 /// as the other ends.
 async fn splice_stream(conn: TcpStream, mut rx: mpsc::Receiver<Bytes>, tx: StreamWriter) {
-    let (mut r, mut w) = conn.into_split();
+    let (r, mut w) = conn.into_split();
     let up = async move {
         while let Some(b) = rx.recv().await {
             if w.write_all(&b).await.is_err() {
@@ -138,21 +138,7 @@ async fn splice_stream(conn: TcpStream, mut rx: mpsc::Receiver<Bytes>, tx: Strea
         }
         let _ = w.shutdown().await;
     };
-    let down = async move {
-        let mut buf = BytesMut::with_capacity(32 << 10);
-        loop {
-            buf.reserve(32 << 10);
-            match r.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if tx.write(buf.split().freeze()).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-        let _ = tx.close().await;
-    };
+    let down = tx.copy_from(r);
     tokio::join!(up, down);
 }
 

@@ -127,7 +127,8 @@ impl Server {
             backend,
             config,
         });
-        tokio::spawn(accept_loop(listener, tls, state.clone()));
+        let pool = Arc::new(Pool::start(pool_size())?);
+        tokio::spawn(accept_loop(listener, tls, state.clone(), pool));
         Ok(Server { state, base, addr })
     }
 
@@ -173,10 +174,53 @@ fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, Error> {
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
+/// Threads serving streaming connections: as many as there are cores, up to 4 (a node runs
+/// few streams at once, and they should not crowd out the CRI calls).
+fn pool_size() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(4)
+}
+
+/// Single-thread runtimes, each serving whole connections. A session is a chain of copies
+/// between its tasks (socket reader, stream queue, socket writer); kept on one thread, each
+/// hand-off is a queue push instead of waking another thread, which on loopback was most of
+/// the difference between a port-forward and plain TCP relayed through the same hops.
+struct Pool {
+    handles: Vec<tokio::runtime::Handle>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Pool {
+    fn start(n: usize) -> Result<Pool, Error> {
+        let mut handles = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(rt.handle().clone());
+            std::thread::Builder::new()
+                .name(format!("berth-stream-{i}"))
+                .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+        }
+        Ok(Pool {
+            handles,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    fn pick(&self) -> &tokio::runtime::Handle {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.handles[i % self.handles.len()]
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<State>,
+    pool: Arc<Pool>,
 ) {
     loop {
         let (sock, _) = match listener.accept().await {
@@ -188,9 +232,20 @@ async fn accept_loop(
             }
         };
         let _ = sock.set_nodelay(true);
+        // Moved to the chosen thread's reactor.
+        let sock = match sock.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("streaming server accept: {e}");
+                continue;
+            }
+        };
         let state = state.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        pool.pick().spawn(async move {
+            let Ok(sock) = tokio::net::TcpStream::from_std(sock) else {
+                return;
+            };
             let svc = hyper::service::service_fn(move |req| handle(req, state.clone()));
             let builder = hyper::server::conn::http1::Builder::new();
             let res = match tls {

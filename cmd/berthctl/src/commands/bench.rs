@@ -43,6 +43,9 @@ enum BenchCmd {
     Containers(bench_containers::ContainersArgs),
     /// Time a streaming exec round trip and port-forward throughput on each endpoint
     Exec(bench_exec::ExecArgs),
+    /// The stand-in daemon of `bench exec --floor`: relays connections to --to
+    #[command(hide = true)]
+    Relay(bench_exec::RelayArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -103,12 +106,20 @@ impl Participant {
     }
 }
 
+impl Args {
+    /// Whether the benchmark is of streaming (see `main`'s choice of runtime).
+    pub(crate) fn is_streaming(&self) -> bool {
+        matches!(self.cmd, BenchCmd::Exec(_) | BenchCmd::Relay(_))
+    }
+}
+
 pub(crate) async fn run(g: &GlobalOpts, args: Args) -> Result<()> {
     match args.cmd {
         BenchCmd::Pull(a) => pull(g, a).await,
         BenchCmd::Pods(a) => bench_pods::run(g, a).await,
         BenchCmd::Containers(a) => bench_containers::run(g, a).await,
         BenchCmd::Exec(a) => bench_exec::run(g, a).await,
+        BenchCmd::Relay(a) => bench_exec::relay(a).await,
     }
 }
 

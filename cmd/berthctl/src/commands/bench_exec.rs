@@ -5,6 +5,11 @@
 //! Each endpoint gets one host-network pod with a container that sinks whatever reaches its
 //! port (busybox `nc -ll -e`), so no CNI is needed on any runtime. The endpoints run one after
 //! another (the sink's port is the host's), each cleaned up before the next starts.
+//!
+//! `--floor` adds the row of plain TCP through the same hops to the first endpoint's sink:
+//! the sender, a copy in this process (for the client's port-forward), a relay process (for
+//! the daemon), the sink. On loopback the kernel's TCP work is most of the cost, so that row
+//! says what the machine allows at all.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write as _;
@@ -58,9 +63,76 @@ pub(crate) struct ExecArgs {
     /// The sink's port (on the host's network: free on the node)
     #[arg(long, default_value_t = 19977)]
     port: u16,
+    /// Also measure plain TCP relayed through the same hops (no runtime, no protocol)
+    #[arg(long)]
+    floor: bool,
     /// Print a machine-readable JSON summary instead of tables
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct RelayArgs {
+    /// Where every accepted connection is relayed to
+    #[arg(long)]
+    to: String,
+}
+
+/// Buffer of each direction of a relay copy, as big as the port-forward's reads.
+const RELAY_BUFFER: usize = berth_streaming::spdy::session::COPY_CHUNK;
+
+/// The floor's daemon: prints its port, then relays each connection to `--to` both ways.
+pub(crate) async fn relay(a: RelayArgs) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    println!("{}", listener.local_addr()?.port());
+    std::io::stdout().flush()?;
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        let to = a.to.clone();
+        tokio::spawn(async move {
+            if let Ok(mut out) = tokio::net::TcpStream::connect(&to).await {
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut conn,
+                    &mut out,
+                    RELAY_BUFFER,
+                    RELAY_BUFFER,
+                )
+                .await;
+            }
+        });
+    }
+}
+
+/// The floor's relay process (killed when dropped).
+struct Relay {
+    _child: tokio::process::Child,
+    port: u16,
+}
+
+impl Relay {
+    async fn start(sink_port: u16) -> Result<Relay> {
+        let exe = std::env::current_exe().context("own executable")?;
+        let mut child = tokio::process::Command::new(exe)
+            .args(["bench", "relay", "--to", &format!("127.0.0.1:{sink_port}")])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn the relay")?;
+        let mut out = child.stdout.take().context("relay stdout")?;
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while out.read(&mut b).await? == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        let port = String::from_utf8_lossy(&line)
+            .trim()
+            .parse()
+            .context("relay port")?;
+        Ok(Relay {
+            _child: child,
+            port,
+        })
+    }
 }
 
 struct Participant {
@@ -83,6 +155,13 @@ pub(crate) async fn run(g: &GlobalOpts, a: ExecArgs) -> Result<()> {
         a.endpoints.clone()
     };
     let mut ps = Vec::new();
+    let mut floor = a.floor.then(|| Participant {
+        label: "floor (plain TCP relay)".into(),
+        endpoint: "the same hops without a runtime".into(),
+        exec: Vec::new(),
+        throughput: Vec::new(),
+        failed: None,
+    });
     for ep in &endpoints {
         let mut p = Participant {
             label: label_for(ep, &labels),
@@ -91,11 +170,17 @@ pub(crate) async fn run(g: &GlobalOpts, a: ExecArgs) -> Result<()> {
             throughput: Vec::new(),
             failed: None,
         };
-        if let Err(e) = measure(g, &a, &mut p).await {
+        if let Err(e) = measure(g, &a, &mut p, floor.as_mut()).await {
             eprintln!("{}: {e:#}", p.label);
             p.failed = Some(format!("{e:#}"));
         }
-        ps.push(p);
+        // Measured once, on the first endpoint's sink.
+        if let Some(f) = floor.take() {
+            ps.push(p);
+            ps.push(f);
+        } else {
+            ps.push(p);
+        }
     }
     let reports: Vec<Report> = ps
         .iter()
@@ -151,11 +236,16 @@ pub(crate) async fn run(g: &GlobalOpts, a: ExecArgs) -> Result<()> {
 }
 
 /// Sets the endpoint up, measures, and always cleans up.
-async fn measure(g: &GlobalOpts, a: &ExecArgs, p: &mut Participant) -> Result<()> {
+async fn measure(
+    g: &GlobalOpts,
+    a: &ExecArgs,
+    p: &mut Participant,
+    floor: Option<&mut Participant>,
+) -> Result<()> {
     let ch = client::connect(&p.endpoint, g.call_timeout()).await?;
     let mut rt = RuntimeServiceClient::new(ch.clone());
     let mut live = BTreeSet::new();
-    let result = measure_in_pod(g, a, p, ch, &mut rt, &mut live).await;
+    let result = measure_in_pod(g, a, p, floor, ch, &mut rt, &mut live).await;
     let (_, gone) = remove_bench_pods(g, &mut rt, LABEL_VALUE, &live, &p.label).await;
     if gone.len() < live.len() {
         eprintln!("{}: a benchmark pod could not be removed", p.label);
@@ -167,6 +257,7 @@ async fn measure_in_pod(
     g: &GlobalOpts,
     a: &ExecArgs,
     p: &mut Participant,
+    floor: Option<&mut Participant>,
     ch: Channel,
     rt: &mut RuntimeServiceClient<Channel>,
     live: &mut BTreeSet<String>,
@@ -251,6 +342,12 @@ async fn measure_in_pod(
             p.throughput.push(a.bytes as f64 / took.as_secs_f64());
         }
         pf.close().await;
+        if let Some(f) = floor {
+            if let Err(e) = measure_floor(a, f).await {
+                eprintln!("{}: {e:#}", f.label);
+                f.failed = Some(format!("{e:#}"));
+            }
+        }
     }
     Ok(())
 }
@@ -310,27 +407,62 @@ async fn wait_listening(port: u16) -> Result<()> {
     }
 }
 
-/// Sends `bytes` through one forwarded connection and waits for the sink to close it.
-async fn transfer(pf: &PortForwarder, port: u16, bytes: u64) -> Result<Duration> {
+async fn measure_floor(a: &ExecArgs, f: &mut Participant) -> Result<()> {
+    let relay = Relay::start(a.port).await?;
+    for _ in 0..a.transfers {
+        let (ours, theirs) = local_pair().await?;
+        let start = Instant::now();
+        let client_copy = async {
+            let mut theirs = theirs;
+            let mut out = tokio::net::TcpStream::connect(("127.0.0.1", relay.port)).await?;
+            tokio::io::copy_bidirectional_with_sizes(
+                &mut theirs,
+                &mut out,
+                RELAY_BUFFER,
+                RELAY_BUFFER,
+            )
+            .await?;
+            anyhow::Ok(())
+        };
+        let (copied, sent) = tokio::join!(client_copy, send_and_wait(ours, a.bytes));
+        sent?;
+        copied.context("relay")?;
+        f.throughput
+            .push(a.bytes as f64 / start.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// Both ends of a fresh loopback connection: the sender's and the forwarder's.
+async fn local_pair() -> Result<(tokio::net::TcpStream, tokio::net::TcpStream)> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let local = listener.local_addr()?;
-    let mut ours = tokio::net::TcpStream::connect(local).await?;
+    let ours = tokio::net::TcpStream::connect(local).await?;
     let (theirs, _) = listener.accept().await?;
+    Ok((ours, theirs))
+}
+
+/// Writes `bytes` into `ours`, half-closes it, and waits until the far end closes.
+async fn send_and_wait(mut ours: tokio::net::TcpStream, bytes: u64) -> Result<()> {
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        ours.write_all(&chunk[..n]).await?;
+        left -= n as u64;
+    }
+    ours.shutdown().await?;
+    let mut rest = Vec::new();
+    ours.read_to_end(&mut rest).await?;
+    Ok(())
+}
+
+/// Sends `bytes` through one forwarded connection and waits for the sink to close it.
+async fn transfer(pf: &PortForwarder, port: u16, bytes: u64) -> Result<Duration> {
+    let (ours, theirs) = local_pair().await?;
     let start = Instant::now();
     let forward = pf.forward(port, theirs);
-    let send = async {
-        let chunk = vec![0u8; 1 << 20];
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            ours.write_all(&chunk[..n]).await?;
-            left -= n as u64;
-        }
-        ours.shutdown().await?;
-        let mut rest = Vec::new();
-        ours.read_to_end(&mut rest).await?;
-        anyhow::Ok(())
-    };
+    let send = send_and_wait(ours, bytes);
     let (fwd, sent) = tokio::join!(forward, send);
     sent?;
     fwd.context("port-forward")?;

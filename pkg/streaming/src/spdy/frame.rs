@@ -50,6 +50,12 @@ impl Default for Limits {
     }
 }
 
+/// The 8 bytes before a data frame's payload of `len` bytes.
+pub fn encode_data_header(stream: u32, flags: u8, len: usize, out: &mut BytesMut) {
+    out.put_u32(stream & 0x7fff_ffff);
+    out.put_u32(((flags as u32) << 24) | (len as u32 & 0x00ff_ffff));
+}
+
 /// Header names are lower-case on the wire; values of a repeated name are NUL-separated.
 pub type Headers = Vec<(String, String)>;
 
@@ -367,8 +373,7 @@ impl Encoder {
                 flags,
                 data,
             } => {
-                out.put_u32(stream & 0x7fff_ffff);
-                out.put_u32(((*flags as u32) << 24) | data.len() as u32);
+                encode_data_header(*stream, *flags, data.len(), out);
                 out.put_slice(data);
             }
             Frame::SynStream {

@@ -2,12 +2,12 @@
 //! task that owns the compression state. Like moby/spdystream (what client-go uses) there is no
 //! flow control: WINDOW_UPDATE is ignored and a slow reader of one stream holds the connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -18,6 +18,17 @@ use crate::Error;
 const MAX_STREAMS: usize = 128;
 /// Data frames buffered per stream before the reader waits for the stream's consumer.
 const STREAM_QUEUE: usize = 16;
+/// Bytes asked for per read when copying into a stream, and the least a connection read asks
+/// for: a GB/s then costs a few thousand reads and frames, and a frame stays far below the
+/// peer's limit (ours 1 MiB, Go's spdystream 16 MiB).
+pub const COPY_CHUNK: usize = 256 << 10;
+/// A frame still missing at least this many bytes is read into a buffer of its own.
+const DIRECT_MIN: usize = 16 << 10;
+/// The most a read right after such a frame takes.
+const AFTER_DIRECT: usize = 8 << 10;
+/// Data at least this long goes to the socket from its own buffer (a vectored write) instead of
+/// being copied behind its frame header.
+const ZERO_COPY_MIN: usize = 4 << 10;
 
 enum Cmd {
     Frame(Frame),
@@ -99,6 +110,23 @@ impl StreamWriter {
             data: Bytes::new(),
         })
         .await
+    }
+
+    /// Copies `r` into the stream until its end or an error, then half-closes the stream.
+    pub async fn copy_from<R: AsyncRead + Unpin>(&self, mut r: R) {
+        let mut buf = BytesMut::new();
+        loop {
+            buf.reserve(COPY_CHUNK);
+            match r.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if self.write(buf.split().freeze()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = self.close().await;
     }
 
     pub async fn reset(&self) -> Result<(), Error> {
@@ -209,14 +237,28 @@ impl Session {
 
 async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
     let mut enc = Encoder::new();
+    // Frame headers and small frames are encoded into `buf`; big payloads join `out` as they
+    // are, between the pieces of `buf` around them.
     let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut out: VecDeque<Bytes> = VecDeque::new();
     let mut last_good = 0u32;
     while let Some(cmd) = rx.recv().await {
         let mut close = false;
         let mut next = Some(cmd);
+        let mut queued = 0usize;
         // Batch what is queued into one write.
         while let Some(cmd) = next.take() {
             match cmd {
+                Cmd::Frame(Frame::Data {
+                    stream,
+                    flags,
+                    data,
+                }) if data.len() >= ZERO_COPY_MIN => {
+                    frame::encode_data_header(stream, flags, data.len(), &mut buf);
+                    out.push_back(buf.split().freeze());
+                    queued += data.len();
+                    out.push_back(data);
+                }
                 Cmd::Frame(f) => {
                     if let Frame::SynReply { stream, .. } = &f {
                         last_good = last_good.max(*stream);
@@ -235,21 +277,57 @@ async fn writer<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Cmd>, sh
                     break;
                 }
             }
-            if buf.len() < 256 << 10 {
+            if buf.len() + queued < 1 << 20 {
                 next = rx.try_recv().ok();
             }
         }
-        if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
+        if !buf.is_empty() {
+            out.push_back(buf.split().freeze());
+        }
+        if write_all_vectored(&mut w, &mut out).await.is_err() || w.flush().await.is_err() {
             break;
         }
         shared.touch();
-        buf.clear();
         if close {
             break;
         }
     }
     let _ = w.shutdown().await;
     shutdown(&shared);
+}
+
+/// Writes every piece, in order, with as few calls as the socket allows.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    pieces: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    while !pieces.is_empty() {
+        let slices: Vec<std::io::IoSlice<'_>> = pieces
+            .iter()
+            .take(64)
+            .map(|b| std::io::IoSlice::new(b))
+            .collect();
+        let mut n = w.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let Some(front) = pieces.front_mut() else {
+                break;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                pieces.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+        while pieces.front().is_some_and(|b| b.is_empty()) {
+            pieces.pop_front();
+        }
+    }
+    Ok(())
 }
 
 fn shutdown(shared: &Shared) {
@@ -299,29 +377,72 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut buf = BytesMut::with_capacity(64 << 10);
     let peer_parity = if server { 1 } else { 0 };
     let mut last_peer_stream = 0u32;
+    let mut after_direct = false;
     shared.touch();
     loop {
         while let Some(f) = dec.decode(&mut buf)? {
             handle(f, shared, incoming, peer_parity, &mut last_peer_stream).await?;
         }
-        let want = dec.needed(&buf)?.unwrap_or(8).max(buf.len() + 1);
-        buf.reserve(want.saturating_sub(buf.len()).max(16 << 10));
-        let n = match idle {
-            Some(idle) => loop {
-                match tokio::time::timeout(idle, r.read_buf(&mut buf)).await {
-                    Ok(n) => break n?,
-                    // Writes count as activity too (a long-running output-only exec).
-                    Err(_) if shared.idle_for() < idle => continue,
-                    Err(_) => return Err(Error::Timeout("connection idle")),
+        let need = dec.needed(&buf)?;
+        if let Some(total) = need.filter(|t| t - buf.len() >= DIRECT_MIN) {
+            // The frames split off before still share `buf`'s memory, so growing it would
+            // copy this frame's start; a buffer of the frame's own size takes the rest as it
+            // comes, and its payload goes on without another copy.
+            let mut frame = BytesMut::with_capacity(total);
+            frame.extend_from_slice(&buf);
+            buf.clear();
+            while frame.len() < total {
+                let left = total - frame.len();
+                if read_some(r, &mut frame, left, idle, shared).await? == 0 {
+                    return Ok(());
                 }
-            },
-            None => r.read_buf(&mut buf).await?,
+            }
+            if let Some(f) = dec.decode(&mut frame)? {
+                handle(f, shared, incoming, peer_parity, &mut last_peer_stream).await?;
+            }
+            after_direct = true;
+            continue;
+        }
+        // Right after a big frame only its successor's header and a little more: if that is
+        // big too, it is read directly, with little copied.
+        let max = if std::mem::take(&mut after_direct) {
+            AFTER_DIRECT
+        } else {
+            COPY_CHUNK
         };
-        if n == 0 {
+        let want = need.unwrap_or(8).max(buf.len() + 1);
+        buf.reserve(want.saturating_sub(buf.len()).max(max));
+        if read_some(r, &mut buf, max, idle, shared).await? == 0 {
             return Ok(());
         }
+    }
+}
+
+/// One read of at most `max` bytes into `buf`, ending the connection after `idle` without
+/// traffic either way.
+async fn read_some<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+    idle: Option<Duration>,
+    shared: &Shared,
+) -> Result<usize, Error> {
+    let mut limited = (&mut *r).take(max as u64);
+    let n = match idle {
+        Some(idle) => loop {
+            match tokio::time::timeout(idle, limited.read_buf(buf)).await {
+                Ok(n) => break n?,
+                // Writes count as activity too (a long-running output-only exec).
+                Err(_) if shared.idle_for() < idle => continue,
+                Err(_) => return Err(Error::Timeout("connection idle")),
+            }
+        },
+        None => limited.read_buf(buf).await?,
+    };
+    if n > 0 {
         shared.touch();
     }
+    Ok(n)
 }
 
 async fn handle(
