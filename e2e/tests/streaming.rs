@@ -36,6 +36,10 @@ struct Env {
 }
 
 async fn start() -> Option<Env> {
+    start_with("").await
+}
+
+async fn start_with(extra_config: &str) -> Option<Env> {
     let img = prerequisites()?;
     let serial = SERIAL.lock().await;
     let net = NetGuard {
@@ -44,7 +48,7 @@ async fn start() -> Option<Env> {
     };
     let d = Daemon::start(DaemonOpts {
         extra_config: format!(
-            "\n[network]\nbridge = \"{BRIDGE}\"\nsubnet = \"{SUBNET}\"\nnft_table = \"{TABLE}\"\ncni_conf_dir = \"/nonexistent/berth-e2e-cni\"\n"
+            "\n{extra_config}\n[network]\nbridge = \"{BRIDGE}\"\nsubnet = \"{SUBNET}\"\nnft_table = \"{TABLE}\"\ncni_conf_dir = \"/nonexistent/berth-e2e-cni\"\n"
         ),
         log_level: "info,h2=warn".into(),
         ..Default::default()
@@ -593,4 +597,288 @@ async fn attach_sees_output_and_the_container_outlives_its_attachers() {
             "{t}"
         );
     }
+}
+
+/// The server certificate (127.0.0.1) and CA hack/registry.sh made for the TLS registry.
+fn hack_cert(name: &str) -> std::path::PathBuf {
+    hack_dir().join("certs").join(name)
+}
+
+#[tokio::test]
+async fn https_streaming_and_expired_tokens() {
+    let (ca, cert, key) = (
+        hack_cert("ca.crt"),
+        hack_cert("server.crt"),
+        hack_cert("server.key"),
+    );
+    let extra = format!(
+        "[streaming]\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntoken_ttl_secs = 2\n",
+        cert.display(),
+        key.display()
+    );
+    let Some(mut e) = start_with(&extra).await else {
+        return;
+    };
+    let (_pod, id) = e.running("tls", "sleep 3600").await;
+    let ca_arg = ca.display().to_string();
+    // Verified against the CA that signed the server's certificate, and crictl's way (any
+    // certificate); a CA that did not sign it is refused.
+    for t in TRANSPORTS {
+        for pre in [vec!["--stream-ca", ca_arg.as_str()], vec![]] {
+            let mut args = pre.clone();
+            args.extend(["exec", "--transport", t, &id, "echo", "over tls"]);
+            let out = e.berthctl(&args).output().expect("berthctl");
+            assert_eq!(
+                text(&out.stdout),
+                "over tls\n",
+                "{t} {pre:?}: {}",
+                text(&out.stderr)
+            );
+        }
+        let wrong = hack_cert("token.crt").display().to_string();
+        let out = e
+            .berthctl(&["--stream-ca", &wrong, "exec", "--transport", t, &id, "true"])
+            .output()
+            .expect("berthctl");
+        assert_ne!(out.status.code(), Some(0), "{t}: a CA that did not sign it");
+        assert!(
+            text(&out.stderr).to_lowercase().contains("tls"),
+            "{t}: {}",
+            text(&out.stderr)
+        );
+    }
+    let exec_url = |rt: &mut RuntimeServiceClient<Channel>| {
+        let mut rt = rt.clone();
+        let id = id.clone();
+        async move {
+            rt.exec(cri::ExecRequest {
+                container_id: id,
+                cmd: vec!["true".into()],
+                stdout: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url
+        }
+    };
+    let pem = std::fs::read(&ca).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    // A fresh token reaches the upgrade check (this request asks for none); one past its
+    // two seconds is gone.
+    let fresh = exec_url(&mut e.rt).await;
+    assert!(fresh.starts_with("https://127.0.0.1:"), "{fresh}");
+    let stale = exec_url(&mut e.rt).await;
+    let status = http.post(&fresh).send().await.unwrap().status();
+    assert_eq!(status.as_u16(), 400, "fresh token");
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let status = http.post(&stale).send().await.unwrap().status();
+    assert_eq!(status.as_u16(), 404, "expired token");
+}
+
+/// The SPDY/3 header dictionary (spec 2.6.10.1), for header blocks made here by hand.
+const SPDY_DICTIONARY: &[u8] = include_bytes!("../../pkg/streaming/src/spdy/dictionary.bin");
+
+fn spdy_control(kind: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x80, 0x03, (kind >> 8) as u8, kind as u8, 0];
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A SYN_STREAM whose header block holds `headers`, compressed as SPDY/3 does.
+fn spdy_syn_stream(headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut raw = (headers.len() as u32).to_be_bytes().to_vec();
+    for (n, v) in headers {
+        raw.extend_from_slice(&(n.len() as u32).to_be_bytes());
+        raw.extend_from_slice(n);
+        raw.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        raw.extend_from_slice(v);
+    }
+    let mut z = flate2::Compress::new(flate2::Compression::best(), true);
+    z.set_dictionary(SPDY_DICTIONARY).unwrap();
+    let mut block = Vec::with_capacity(raw.len() / 100 + 4096);
+    z.compress_vec(&raw, &mut block, flate2::FlushCompress::Sync)
+        .unwrap();
+    while z.total_in() < raw.len() as u64 {
+        block.reserve(4096);
+        let done = z.total_in() as usize;
+        z.compress_vec(&raw[done..], &mut block, flate2::FlushCompress::Sync)
+            .unwrap();
+    }
+    let mut payload = 1u32.to_be_bytes().to_vec(); // stream 1
+    payload.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // associated stream, priority, slot
+    payload.extend_from_slice(&block);
+    spdy_control(1, &payload)
+}
+
+/// A raw connection upgraded at `url` with `upgrade` headers; panics unless berthd says 101.
+fn raw_upgrade(url: &str, headers: &str) -> TcpStream {
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "POST {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).unwrap(), 1, "upgrade answer cut short");
+        head.push(b[0]);
+    }
+    assert!(text(&head).starts_with("HTTP/1.1 101"), "{}", text(&head));
+    s
+}
+
+/// Whether the peer ends the connection within `limit` (whatever it sends first).
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn hostile_peers_are_cut_off_and_memory_stays_bounded() {
+    let Some(mut e) = start().await else { return };
+    let (_pod, id) = e.running("hostile", "sleep 3600").await;
+    let pid = e.d.pid().expect("berthd pid");
+    for t in TRANSPORTS {
+        let _ = e.exec(t, &id, &["true"], None);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let fds = fd_count(pid);
+    // Peak memory from here on.
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset VmHWM");
+    let hwm_before = vm_kib(pid, "VmHWM:");
+
+    let spdy = "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n";
+    let ws = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n";
+    // Each inflates to 15 MiB if nothing stops it; compressed it fits a control frame.
+    let bomb = spdy_syn_stream(&[(b"streamtype".to_vec(), vec![b'a'; 15 << 20])]);
+    assert!(bomb.len() < 16 << 10, "bomb of {} bytes", bomb.len());
+    let many: Vec<(Vec<u8>, Vec<u8>)> = (0..1000)
+        .map(|i| (format!("h{i}").into_bytes(), b"v".to_vec()))
+        .collect();
+    let mut settings = 1000u32.to_be_bytes().to_vec();
+    settings.extend(std::iter::repeat_n(0u8, 8000));
+    let mut huge_settings = spdy_control(4, &[]);
+    huge_settings[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
+    // A masked binary frame announcing 1 TiB, and a message fragmented past the 1 MiB limit.
+    let mut ws_huge = vec![0x82, 0x80 | 127];
+    ws_huge.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    ws_huge.extend_from_slice(&[1, 2, 3, 4]);
+    let ws_fragment = |first: bool| {
+        let mut f = vec![if first { 0x02 } else { 0x00 }, 0x80 | 127];
+        f.extend_from_slice(&(512u64 << 10).to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 0]);
+        f.extend(std::iter::repeat_n(0u8, 512 << 10));
+        f
+    };
+    let attacks: Vec<(&str, &str, Vec<Vec<u8>>)> = vec![
+        ("SPDY zlib header bomb", spdy, vec![bomb.clone()]),
+        ("SPDY 1000 headers", spdy, vec![spdy_syn_stream(&many)]),
+        (
+            "SPDY SETTINGS of 1000 entries",
+            spdy,
+            vec![spdy_control(4, &settings)],
+        ),
+        (
+            "SPDY SETTINGS of 16 MiB",
+            spdy,
+            vec![huge_settings, vec![0u8; 1 << 20]],
+        ),
+        (
+            "WebSocket frame of 1 TiB",
+            ws,
+            vec![ws_huge, vec![0u8; 1 << 20]],
+        ),
+        (
+            "WebSocket message of 4 MiB",
+            ws,
+            (0..8).map(|i| ws_fragment(i == 0)).collect(),
+        ),
+    ];
+    for (what, headers, frames) in &attacks {
+        // Twenty at once: unbounded parsing would hold hundreds of MiB together.
+        let urls: Vec<String> = {
+            let mut v = Vec::new();
+            for _ in 0..20 {
+                v.push(
+                    e.rt.exec(cri::ExecRequest {
+                        container_id: id.clone(),
+                        cmd: vec!["sleep".into(), "30".into()],
+                        stdout: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .url,
+                );
+            }
+            v
+        };
+        let threads: Vec<_> = urls
+            .into_iter()
+            .map(|url| {
+                let (headers, frames) = (headers.to_string(), frames.clone());
+                std::thread::spawn(move || {
+                    let mut s = raw_upgrade(&url, &headers);
+                    for f in &frames {
+                        // Refused mid-way: the write fails once berthd has closed.
+                        if s.write_all(f).is_err() {
+                            break;
+                        }
+                    }
+                    closed_within(&mut s, Duration::from_secs(10))
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap(), "{what}: the connection stayed open");
+        }
+    }
+    let grown = vm_kib(pid, "VmHWM:").saturating_sub(hwm_before);
+    assert!(
+        grown < 64 << 10,
+        "berthd's peak memory grew by {grown} KiB under the attacks (from {hwm_before} KiB)"
+    );
+    // The sessions that never started leave no descriptors, and the daemon still serves.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while fd_count(pid) > fds + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "berthd fds {fds} -> {}",
+            fd_count(pid)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = e.exec("spdy", &id, &["echo", "still here"], None);
+    assert_eq!(text(&out.stdout), "still here\n", "{}", text(&out.stderr));
 }
