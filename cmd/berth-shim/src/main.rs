@@ -4,6 +4,8 @@
 //!   image). It sleeps until told to stop and reaps orphans, as PID 1 of a namespace must.
 //! * `run <shim.json>`: the monitor of one container. It is the container's parent, owns its
 //!   stdio, writes the CRI log, records the exit and outlives berthd (see `run.rs`).
+//! * `exec <pid file> <runtime> <args…>`: waits for a detached `runc exec`'s process on
+//!   berthd's behalf (see `exec.rs`).
 //!
 //! Synchronous and single-threaded on purpose: one shim per container, so every kilobyte of
 //! RSS counts (no async runtime, no argument parser, no tracing).
@@ -24,6 +26,7 @@ macro_rules! diag {
 }
 
 mod console;
+mod exec;
 mod log;
 mod pause;
 mod run;
@@ -41,6 +44,12 @@ fn main() -> anyhow::Result<()> {
         "run" => match (args.next(), args.next()) {
             (Some(config), None) => std::process::exit(run::run(config.as_ref())),
             _ => bail!("usage: berth-shim run <shim.json>"),
+        },
+        "exec" => match (args.next(), args.next()) {
+            (Some(pid_file), Some(runtime)) => {
+                std::process::exit(exec::exec(pid_file.as_ref(), runtime, args.collect()))
+            }
+            _ => bail!("usage: berth-shim exec <pid file> <runtime> <args...>"),
         },
         "--version" | "version" => {
             println!("berth-shim {}", env!("CARGO_PKG_VERSION"));

@@ -43,6 +43,56 @@ impl Error {
     }
 }
 
+/// When a connection last carried anything either way: a session that only sends (a
+/// long-running output-only exec) or only receives is not idle.
+pub(crate) struct Activity {
+    epoch: std::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn touch(&self) {
+        self.last_ms.store(
+            self.epoch.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    pub(crate) fn idle_for(&self) -> std::time::Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        std::time::Duration::from_millis(now.saturating_sub(last))
+    }
+}
+
+/// The next message of a WebSocket, or `None` at its end, on an error, or once nothing went
+/// either way for `idle`.
+pub(crate) async fn next_until_idle<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut ws::Reader<R>,
+    idle: std::time::Duration,
+    activity: &Activity,
+) -> Option<ws::Message> {
+    loop {
+        // `next` keeps a partly read frame in the reader, so giving up on it loses nothing.
+        match tokio::time::timeout(idle, reader.next()).await {
+            Ok(Ok(Some(m))) => {
+                activity.touch();
+                return Some(m);
+            }
+            Ok(_) => return None,
+            Err(_) if activity.idle_for() < idle => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
 /// A terminal size as the resize stream carries it (`{"Width":80,"Height":24}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TermSize {

@@ -11,8 +11,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::remotecommand::{spawn_ws_writer, ws_decode, WsOut};
+use crate::remotecommand::{spawn_ws_writer_with, ws_decode, WsOut};
 use crate::spdy::{self, header, Stream, StreamWriter};
+use crate::{next_until_idle, Activity};
 use crate::{ws, Backend};
 
 pub const PROTOCOL: &str = "portforward.k8s.io";
@@ -157,7 +158,8 @@ pub async fn serve_ws<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let base64 = protocol.contains("base64");
-    let (out, writer) = spawn_ws_writer(w, base64, false);
+    let activity = Arc::new(Activity::new());
+    let (out, writer) = spawn_ws_writer_with(w, base64, false, activity.clone());
     let mut inputs: Vec<Option<mpsc::Sender<Bytes>>> = Vec::new();
     let mut tasks = Vec::new();
     for (i, port) in ports.iter().copied().enumerate() {
@@ -217,10 +219,9 @@ pub async fn serve_ws<R, W>(
     loop {
         tokio::select! {
             _ = &mut all_done => break,
-            m = tokio::time::timeout(idle, reader.next()) => {
-                let m = match m {
-                    Ok(Ok(Some(m))) => m,
-                    _ => break,
+            m = next_until_idle(&mut reader, idle, &activity) => {
+                let Some(m) = m else {
+                    break;
                 };
                 match m {
                     ws::Message::Ping(p) => { let _ = out.send(WsOut::Pong(p)).await; }

@@ -12,7 +12,8 @@ use tokio::task::JoinHandle;
 
 use crate::spdy::{self, header, StreamWriter};
 use crate::ws;
-use crate::{BackendError, Stdio, TermSize};
+use crate::{next_until_idle, Activity, BackendError, Stdio, TermSize};
+use std::sync::Arc;
 
 pub const V4: &str = "v4.channel.k8s.io";
 pub const V3: &str = "v3.channel.k8s.io";
@@ -252,6 +253,16 @@ pub fn spawn_ws_writer<W: AsyncWrite + Unpin + Send + 'static>(
     base64: bool,
     mask: bool,
 ) -> (mpsc::Sender<WsOut>, JoinHandle<()>) {
+    spawn_ws_writer_with(w, base64, mask, Arc::new(Activity::new()))
+}
+
+/// [`spawn_ws_writer`] that records each message sent in `activity`.
+pub(crate) fn spawn_ws_writer_with<W: AsyncWrite + Unpin + Send + 'static>(
+    w: W,
+    base64: bool,
+    mask: bool,
+    activity: Arc<Activity>,
+) -> (mpsc::Sender<WsOut>, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<WsOut>(32);
     let h = tokio::spawn(async move {
         let mut w = ws::Writer::new(w, mask);
@@ -279,6 +290,7 @@ pub fn spawn_ws_writer<W: AsyncWrite + Unpin + Send + 'static>(
             if res.is_err() {
                 return;
             }
+            activity.touch();
         }
     });
     (tx, h)
@@ -331,7 +343,8 @@ pub async fn serve_ws<R, W>(
     let base64 = protocol.contains("base64");
     let v4 = matches!(protocol, V5 | V4 | WS_V4_BASE64);
     let v5 = protocol == V5;
-    let (out, writer) = spawn_ws_writer(w, base64, false);
+    let activity = Arc::new(Activity::new());
+    let (out, writer) = spawn_ws_writer_with(w, base64, false, activity.clone());
     let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(16);
     let (resize_tx, resize_rx) = mpsc::channel::<Bytes>(4);
     let pong = out.clone();
@@ -340,9 +353,8 @@ pub async fn serve_ws<R, W>(
         let mut reader = reader;
         let mut stdin_tx = want_stdin.then_some(stdin_tx);
         loop {
-            let msg = match tokio::time::timeout(idle, reader.next()).await {
-                Ok(Ok(Some(m))) => m,
-                _ => break,
+            let Some(msg) = next_until_idle(&mut reader, idle, &activity).await else {
+                break;
             };
             match msg {
                 ws::Message::Ping(p) => {

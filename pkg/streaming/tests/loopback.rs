@@ -480,3 +480,49 @@ async fn oversized_websocket_frame_closes_the_connection() {
     let _ = s.write_all(&f).await;
     assert_closed(s).await;
 }
+
+#[tokio::test]
+async fn a_client_that_creates_no_streams_is_dropped() {
+    let cfg = Config {
+        stream_creation_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let srv = Server::start(cfg, Arc::new(Local)).await.unwrap();
+    let url = srv.get_exec(exec_req(&["true"], false)).unwrap();
+    let (resp, s) = raw_request(&srv, &path_of(&url), "").await;
+    assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
+    let start = std::time::Instant::now();
+    assert_closed(s).await;
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "closed too soon"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_session_is_closed_and_a_busy_one_is_not() {
+    let cfg = Config {
+        idle_timeout: Duration::from_millis(500),
+        ..Config::default()
+    };
+    let srv = Server::start(cfg, Arc::new(Local)).await.unwrap();
+    for t in [Transport::Spdy, Transport::WebSocket] {
+        // Output every 100 ms keeps the connection alive past the idle timeout.
+        let busy = [
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8 9 10; do echo $i; sleep 0.1; done",
+        ];
+        let (code, out, _) = exec(&srv, t, &busy, None).await;
+        assert_eq!(code, 0, "{t:?}");
+        assert_eq!(out.split(|b| *b == b'\n').count(), 11, "{t:?}");
+        // Silent for 3 s: the connection goes after 0.5 s and the session fails.
+        let start = std::time::Instant::now();
+        let r = try_exec(&srv, &ANY, t, &["sleep", "3"], None).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{t:?}: idle session lasted {:?} ({r:?})",
+            start.elapsed()
+        );
+    }
+}

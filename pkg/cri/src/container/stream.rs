@@ -412,15 +412,28 @@ async fn run_exec(
     std::fs::write(&process_file, data)
         .map_err(|e| BackendError(format!("writing {}: {e}", process_file.display())))?;
 
-    let mut cmd = tokio::process::Command::new(&handler.path);
+    // On pipes runc runs detached under `berth-shim exec`, which waits for the process
+    // itself: in the foreground runc would not exit before every holder of the pipes (a
+    // child left in the background) had closed them. A terminal stays with runc in the
+    // foreground, which makes the container's pty and copies it to ours.
+    let mut cmd = if req.tty {
+        tokio::process::Command::new(&handler.path)
+    } else {
+        let mut c = tokio::process::Command::new(mgr.shim_bin());
+        c.arg("exec").arg(&pid_file).arg(&handler.path);
+        c
+    };
     cmd.arg("--root")
         .arg(&handler.root)
         .arg("--log")
         .arg(&log_file)
         .arg("--log-format")
         .arg("json")
-        .arg("exec")
-        .arg("--process")
+        .arg("exec");
+    if !req.tty {
+        cmd.arg("--detach");
+    }
+    cmd.arg("--process")
         .arg(&process_file)
         .arg("--pid-file")
         .arg(&pid_file);

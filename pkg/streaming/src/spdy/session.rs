@@ -3,9 +3,9 @@
 //! flow control: WINDOW_UPDATE is ignored and a slow reader of one stream holds the connection.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -46,20 +46,17 @@ struct Shared {
     streams: Mutex<HashMap<u32, StreamState>>,
     next_id: AtomicU32,
     closed: AtomicBool,
-    last_activity: AtomicU64,
-    epoch: Instant,
+    activity: crate::Activity,
     reader: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Shared {
     fn touch(&self) {
-        self.last_activity
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.activity.touch();
     }
 
     fn idle_for(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_activity.load(Ordering::Relaxed)))
+        self.activity.idle_for()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, StreamState>> {
@@ -163,8 +160,7 @@ where
         streams: Mutex::new(HashMap::new()),
         next_id: AtomicU32::new(if server { 2 } else { 1 }),
         closed: AtomicBool::new(false),
-        last_activity: AtomicU64::new(0),
-        epoch: Instant::now(),
+        activity: crate::Activity::new(),
         reader: Mutex::new(None),
     });
     let (incoming_tx, incoming_rx) = mpsc::channel(MAX_STREAMS);
