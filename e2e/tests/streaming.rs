@@ -368,21 +368,29 @@ fn upgrade_status(url: &str) -> String {
     text(&buf[..n]).lines().next().unwrap_or("").to_string()
 }
 
+fn exec_request(id: &str, cmd: &[&str]) -> cri::ExecRequest {
+    cri::ExecRequest {
+        container_id: id.to_string(),
+        cmd: cmd.iter().map(|c| c.to_string()).collect(),
+        stdout: true,
+        ..Default::default()
+    }
+}
+
+/// A fresh streaming URL for an exec of `cmd`.
+async fn exec_url(rt: &mut RuntimeServiceClient<Channel>, id: &str, cmd: &[&str]) -> String {
+    rt.exec(exec_request(id, cmd))
+        .await
+        .unwrap()
+        .into_inner()
+        .url
+}
+
 #[tokio::test]
 async fn bad_and_reused_tokens_are_404() {
     let Some(mut e) = start().await else { return };
     let (_pod, id) = e.running("tokens", "sleep 3600").await;
-    let url =
-        e.rt.exec(cri::ExecRequest {
-            container_id: id.clone(),
-            cmd: vec!["true".into()],
-            stdout: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
+    let url = exec_url(&mut e.rt, &id, &["true"]).await;
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     let bad = format!("{}/exec/notatoken", &url[..url.find("/exec/").unwrap()]);
     assert!(
@@ -487,27 +495,49 @@ fn fd_count(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-fn thread_count(pid: u32) -> usize {
+/// What berthd's descriptors point at, for a failure message.
+fn fd_targets(pid: u32) -> String {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return String::new();
+    };
+    let mut v: Vec<String> = dir
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|t| t.display().to_string())
+        .collect();
+    v.sort();
+    v.join(" ")
+}
+
+/// A running `sleep 3600` container and berthd's pid, once an exec of `cmd` over each
+/// transport has set up what is made lazily (pools, the first connection): what berthd
+/// holds afterwards is its baseline.
+async fn warmed_up(e: &mut Env, name: &str, cmd: &[&str]) -> (String, u32) {
+    let (_pod, id) = e.running(name, "sleep 3600").await;
+    let pid = e.d.pid().expect("berthd pid");
+    for t in TRANSPORTS {
+        let _ = e.exec(t, &id, cmd, None);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    (id, pid)
+}
+
+/// A number of `/proc/PID/status` (`Threads:`, `VmRSS:` in KiB, ...), 0 when missing.
+fn proc_status(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
 
 #[tokio::test]
 async fn repeated_failing_execs_leak_no_fds_or_threads() {
     let Some(mut e) = start().await else { return };
-    let (_pod, id) = e.running("leak", "sleep 3600").await;
-    let pid = e.d.pid().expect("berthd pid");
-    // Warm up (lazy pools, the first connection), then measure.
-    for t in TRANSPORTS {
-        let _ = e.exec(t, &id, &["/no/such/binary"], None);
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let (fds, threads) = (fd_count(pid), thread_count(pid));
-    let rss = vm_kib(pid, "VmRSS:");
+    let (id, pid) = warmed_up(&mut e, "leak", &["/no/such/binary"]).await;
+    let (fds, threads) = (fd_count(pid), proc_status(pid, "Threads:"));
+    let rss = proc_status(pid, "VmRSS:");
     for i in 0..20 {
         let t = TRANSPORTS[i % 2];
         let out = e.exec(t, &id, &["/no/such/binary"], None);
@@ -524,27 +554,23 @@ async fn repeated_failing_execs_leak_no_fds_or_threads() {
                 started.elapsed()
             );
         }
-        // An attacher that goes away.
-        let mut attach = e
-            .berthctl(&["attach", "--transport", t, &id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        let _ = attach.kill();
-        let _ = attach.wait();
-        // A client that leaves mid-stream: the exec is still running when it is killed.
-        let mut child = e
-            .berthctl(&["exec", "--transport", t, &id, "sleep", "30"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        let _ = child.kill();
-        let _ = child.wait();
+        // An attacher that goes away, and a client that leaves mid-stream (its exec is still
+        // running when it is killed).
+        for args in [
+            vec!["attach", "--transport", t, &id],
+            vec!["exec", "--transport", t, &id, "sleep", "30"],
+        ] {
+            let mut client = e
+                .berthctl(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = client.kill();
+            let _ = client.wait();
+        }
     }
     // Sessions of killed clients end at once, and so do their processes.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -565,7 +591,11 @@ async fn repeated_failing_execs_leak_no_fds_or_threads() {
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (f, th, r) = (fd_count(pid), thread_count(pid), vm_kib(pid, "VmRSS:"));
+        let (f, th, r) = (
+            fd_count(pid),
+            proc_status(pid, "Threads:"),
+            proc_status(pid, "VmRSS:"),
+        );
         // Memory: what allocators keep for reuse, not a per-session leak (100 sessions ran).
         if f <= fds + 2 && th <= threads + 8 && r <= rss + (16 << 10) {
             break;
@@ -672,22 +702,6 @@ async fn https_streaming_and_expired_tokens() {
             text(&out.stderr)
         );
     }
-    let exec_url = |rt: &mut RuntimeServiceClient<Channel>| {
-        let mut rt = rt.clone();
-        let id = id.clone();
-        async move {
-            rt.exec(cri::ExecRequest {
-                container_id: id,
-                cmd: vec!["true".into()],
-                stdout: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .url
-        }
-    };
     let pem = std::fs::read(&ca).unwrap();
     let http = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
@@ -695,9 +709,9 @@ async fn https_streaming_and_expired_tokens() {
         .unwrap();
     // A fresh token reaches the upgrade check (this request asks for none); one past its
     // two seconds is gone.
-    let fresh = exec_url(&mut e.rt).await;
+    let fresh = exec_url(&mut e.rt, &id, &["true"]).await;
     assert!(fresh.starts_with("https://127.0.0.1:"), "{fresh}");
-    let stale = exec_url(&mut e.rt).await;
+    let stale = exec_url(&mut e.rt, &id, &["true"]).await;
     let status = http.post(&fresh).send().await.unwrap().status();
     assert_eq!(status.as_u16(), 400, "fresh token");
     tokio::time::sleep(Duration::from_millis(3000)).await;
@@ -707,14 +721,7 @@ async fn https_streaming_and_expired_tokens() {
     // At most 1000 unused URLs at a time; expired ones make room again.
     let mut refused = None;
     for n in 0..1001 {
-        let r =
-            e.rt.exec(cri::ExecRequest {
-                container_id: id.clone(),
-                cmd: vec!["true".into()],
-                stdout: true,
-                ..Default::default()
-            })
-            .await;
+        let r = e.rt.exec(exec_request(&id, &["true"])).await;
         if let Err(st) = r {
             refused = Some((n, st));
             break;
@@ -724,7 +731,7 @@ async fn https_streaming_and_expired_tokens() {
     assert_eq!(n, 1000, "{st:?}");
     assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    let again = exec_url(&mut e.rt).await;
+    let again = exec_url(&mut e.rt, &id, &["true"]).await;
     assert!(again.starts_with("https://"), "{again}");
 }
 
@@ -802,28 +809,14 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
     false
 }
 
-fn vm_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn hostile_peers_are_cut_off_and_memory_stays_bounded() {
     let Some(mut e) = start().await else { return };
-    let (_pod, id) = e.running("hostile", "sleep 3600").await;
-    let pid = e.d.pid().expect("berthd pid");
-    for t in TRANSPORTS {
-        let _ = e.exec(t, &id, &["true"], None);
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    let (id, pid) = warmed_up(&mut e, "hostile", &["true"]).await;
     let fds = fd_count(pid);
     // Peak memory from here on.
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset VmHWM");
-    let hwm_before = vm_kib(pid, "VmHWM:");
+    let hwm_before = proc_status(pid, "VmHWM:");
 
     let spdy = "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n";
     let ws = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n";
@@ -877,18 +870,7 @@ async fn hostile_peers_are_cut_off_and_memory_stays_bounded() {
         let urls: Vec<String> = {
             let mut v = Vec::new();
             for _ in 0..20 {
-                v.push(
-                    e.rt.exec(cri::ExecRequest {
-                        container_id: id.clone(),
-                        cmd: vec!["sleep".into(), "30".into()],
-                        stdout: true,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .url,
-                );
+                v.push(exec_url(&mut e.rt, &id, &["sleep", "30"]).await);
             }
             v
         };
@@ -912,7 +894,7 @@ async fn hostile_peers_are_cut_off_and_memory_stays_bounded() {
             assert!(t.join().unwrap(), "{what}: the connection stayed open");
         }
     }
-    let grown = vm_kib(pid, "VmHWM:").saturating_sub(hwm_before);
+    let grown = proc_status(pid, "VmHWM:").saturating_sub(hwm_before);
     assert!(
         grown < 64 << 10,
         "berthd's peak memory grew by {grown} KiB under the attacks (from {hwm_before} KiB)"
@@ -922,8 +904,9 @@ async fn hostile_peers_are_cut_off_and_memory_stays_bounded() {
     while fd_count(pid) > fds + 2 {
         assert!(
             Instant::now() < deadline,
-            "berthd fds {fds} -> {}",
-            fd_count(pid)
+            "berthd fds {fds} -> {}: {}",
+            fd_count(pid),
+            fd_targets(pid)
         );
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -22,7 +22,20 @@ pub(crate) fn exec(pid_file: &Path, runtime: OsString, args: Vec<OsString>) -> i
         diag!("becoming a child subreaper: {e}");
         return 255;
     }
-    let started = std::process::Command::new(&runtime).args(&args).status();
+    let mut runtime_cmd = std::process::Command::new(&runtime);
+    runtime_cmd.args(&args);
+    // Killed with this helper (the session ended while it was starting the process): runc
+    // then takes its half-started `runc init` along.
+    // SAFETY: the closure runs between fork and exec and makes one prctl(2) call, which is
+    // async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt as _;
+        runtime_cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let started = runtime_cmd.status();
     // From here the process (and what it starts) alone holds the session's pipes.
     release_stdio();
     match started {

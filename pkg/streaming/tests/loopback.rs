@@ -95,9 +95,11 @@ fn plain(url: &str) -> client::Url<'_> {
 }
 
 async fn server() -> Server {
-    Server::start(Config::default(), Arc::new(Local))
-        .await
-        .unwrap()
+    server_with(Config::default()).await
+}
+
+async fn server_with(cfg: Config) -> Server {
+    Server::start(cfg, Arc::new(Local)).await.unwrap()
 }
 
 fn exec_req(cmd: &[&str], stdin: bool) -> ExecRequest {
@@ -196,11 +198,11 @@ fn pki() -> Pki {
 }
 
 async fn tls_server(files: &berth_streaming::TlsFiles) -> Server {
-    let cfg = Config {
+    server_with(Config {
         tls: Some(files.clone()),
         ..Config::default()
-    };
-    Server::start(cfg, Arc::new(Local)).await.unwrap()
+    })
+    .await
 }
 
 #[tokio::test]
@@ -407,11 +409,11 @@ fn path_of(url: &str) -> String {
 
 #[tokio::test]
 async fn bad_reused_and_expired_tokens_are_404() {
-    let cfg = Config {
+    let srv = server_with(Config {
         token_ttl: Duration::from_millis(200),
         ..Config::default()
-    };
-    let srv = Server::start(cfg, Arc::new(Local)).await.unwrap();
+    })
+    .await;
     let (resp, _) = raw_request(&srv, "/exec/nonsense", "").await;
     assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
     let url = srv.get_exec(exec_req(&["true"], false)).unwrap();
@@ -483,11 +485,11 @@ async fn oversized_websocket_frame_closes_the_connection() {
 
 #[tokio::test]
 async fn a_client_that_creates_no_streams_is_dropped() {
-    let cfg = Config {
+    let srv = server_with(Config {
         stream_creation_timeout: Duration::from_millis(300),
         ..Config::default()
-    };
-    let srv = Server::start(cfg, Arc::new(Local)).await.unwrap();
+    })
+    .await;
     let url = srv.get_exec(exec_req(&["true"], false)).unwrap();
     let (resp, s) = raw_request(&srv, &path_of(&url), "").await;
     assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
@@ -501,11 +503,11 @@ async fn a_client_that_creates_no_streams_is_dropped() {
 
 #[tokio::test]
 async fn an_idle_session_is_closed_and_a_busy_one_is_not() {
-    let cfg = Config {
+    let srv = server_with(Config {
         idle_timeout: Duration::from_millis(500),
         ..Config::default()
-    };
-    let srv = Server::start(cfg, Arc::new(Local)).await.unwrap();
+    })
+    .await;
     for t in [Transport::Spdy, Transport::WebSocket] {
         // Output every 100 ms keeps the connection alive past the idle timeout.
         let busy = [

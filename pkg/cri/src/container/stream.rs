@@ -512,6 +512,16 @@ async fn run_exec(
             tasks.push(tokio::spawn(pipe_output(r, tx)));
         }
     }
+    // Dropped with the session (the client went away), the copies end too: they would
+    // otherwise hold the pipes for as long as the process keeps them open.
+    let _copies = AbortOnDrop(
+        tasks
+            .iter()
+            .chain(input.iter())
+            .chain(resizer.iter())
+            .map(|t| t.abort_handle())
+            .collect(),
+    );
     let status = child
         .wait()
         .await
@@ -538,10 +548,40 @@ async fn run_exec(
 /// Kills the exec'd process named by the pid file when dropped while still set.
 struct Unfinished(Option<std::path::PathBuf>);
 
+/// How long a session dropped while runc was still starting its process waits for the pid
+/// file runc writes once the process runs.
+const LATE_PID_WAIT: Duration = Duration::from_secs(5);
+
 impl Drop for Unfinished {
     fn drop(&mut self) {
-        if let Some(pid) = self.0.as_deref().and_then(read_pid) {
+        let Some(pid_file) = self.0.take() else {
+            return;
+        };
+        if let Some(pid) = read_pid(&pid_file) {
             kill_tree(pid);
+            return;
+        }
+        // runc may still be starting it: the process is killed once it shows up.
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + LATE_PID_WAIT;
+            while std::time::Instant::now() < deadline {
+                if let Some(pid) = read_pid(&pid_file) {
+                    kill_tree(pid);
+                    let _ = std::fs::remove_file(&pid_file);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+    }
+}
+
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
         }
     }
 }
