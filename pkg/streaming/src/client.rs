@@ -209,7 +209,13 @@ async fn upgrade(url: &Url<'_>, headers: &[(&str, String)]) -> Result<Upgraded, 
     let t = split_url(url.url)?;
     let mut sock = connect(&t, url.trust).await?;
     let (host, path) = (&t.host, &t.path);
-    let mut req = format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n");
+    // RFC 6455 upgrades with GET (kubelet's server refuses anything else with 405, as
+    // containerd's does); SPDY upgrades are POSTs, as client-go sends them.
+    let websocket = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("upgrade") && v.eq_ignore_ascii_case("websocket"));
+    let method = if websocket { "GET" } else { "POST" };
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -242,16 +242,23 @@ impl ContainerManager {
     }
 
     pub fn list(&self) -> Vec<ContainerRecord> {
-        let mut all: Vec<ContainerRecord> = read(&self.containers).values().cloned().collect();
-        all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        all
+        self.matching(|_| true)
     }
 
+    /// A pod's containers; PodSandboxStatus polls and every event ask, so only they are copied.
     pub(crate) fn in_pod(&self, pod_id: &str) -> Vec<ContainerRecord> {
-        self.list()
-            .into_iter()
-            .filter(|c| c.pod_id == pod_id)
-            .collect()
+        self.matching(|c| c.pod_id == pod_id)
+    }
+
+    /// The records `keep` accepts, oldest first.
+    fn matching(&self, keep: impl Fn(&ContainerRecord) -> bool) -> Vec<ContainerRecord> {
+        let mut v: Vec<ContainerRecord> = read(&self.containers)
+            .values()
+            .filter(|c| keep(c))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        v
     }
 
     pub(crate) fn op_lock(&self, id: &str) -> Arc<Mutex<()>> {
