@@ -571,6 +571,48 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Stops and removes every pod through the daemon, while it is still there. Pods that
+    /// share a PID namespace are held by a `berth-shim pause` process whose command line names
+    /// no path the drop guard could find. Runs on a runtime of its own: a test's runtime may
+    /// be the one blocked in the caller's drop.
+    pub fn remove_all_pods(&self) {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                runtime.block_on(async {
+                    let Ok(mut rt) = self.runtime().await else {
+                        return;
+                    };
+                    let Ok(pods) = rt
+                        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+                        .await
+                    else {
+                        return;
+                    };
+                    for p in pods.into_inner().items {
+                        let _ = rt
+                            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                                pod_sandbox_id: p.id.clone(),
+                            })
+                            .await;
+                        let _ = rt
+                            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                                pod_sandbox_id: p.id,
+                            })
+                            .await;
+                    }
+                });
+            });
+        });
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if std::thread::panicking() {

@@ -12,7 +12,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_e2e::apiserver::ApiServer;
-use berth_e2e::cri;
 use berth_e2e::ctr::*;
 use berth_e2e::{required, workspace_root};
 
@@ -121,43 +120,9 @@ async fn start() -> Option<Kube> {
 }
 
 impl Drop for Kube {
-    /// Pods share a PID namespace held by a `berth-shim pause` process the daemon guard cannot
-    /// find by path: remove the pods through the daemon while it is still there.
+    /// See [`Daemon::remove_all_pods`].
     fn drop(&mut self) {
-        let d = &self.e.d;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                runtime.block_on(async {
-                    let Ok(mut rt) = d.runtime().await else {
-                        return;
-                    };
-                    let Ok(pods) = rt
-                        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-                        .await
-                    else {
-                        return;
-                    };
-                    for p in pods.into_inner().items {
-                        let _ = rt
-                            .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                                pod_sandbox_id: p.id.clone(),
-                            })
-                            .await;
-                        let _ = rt
-                            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                                pod_sandbox_id: p.id,
-                            })
-                            .await;
-                    }
-                });
-            });
-        });
+        self.e.d.remove_all_pods();
     }
 }
 

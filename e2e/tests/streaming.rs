@@ -99,46 +99,9 @@ fn sh(name: &str, image: &str, script: &str) -> ContainerConfig {
 }
 
 impl Drop for Env {
-    /// Pods share a PID namespace by default, held by a `berth-shim pause` process whose
-    /// command line names no path the daemon guard could find: remove the pods through the
-    /// daemon while it is still there.
+    /// See [`Daemon::remove_all_pods`].
     fn drop(&mut self) {
-        // On a runtime of its own: the test's runtime is blocked here, and a client made on it
-        // would never be served.
-        let d = &self.d;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                runtime.block_on(async {
-                    let Ok(mut rt) = d.runtime().await else {
-                        return;
-                    };
-                    let Ok(pods) = rt
-                        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-                        .await
-                    else {
-                        return;
-                    };
-                    for p in pods.into_inner().items {
-                        let _ = rt
-                            .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                                pod_sandbox_id: p.id.clone(),
-                            })
-                            .await;
-                        let _ = rt
-                            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                                pod_sandbox_id: p.id,
-                            })
-                            .await;
-                    }
-                });
-            });
-        });
+        self.d.remove_all_pods();
     }
 }
 

@@ -48,7 +48,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             // Field 6 holds the per-mount options; the optional fields follow it.
             let optional = fields.skip(1).map(str::to_string).collect();
             Some(MountEntry {
-                mount_point: unescape(mount_point),
+                mount_point: berth_sys::mount::unescape_mountinfo(mount_point),
                 optional,
             })
         })
@@ -115,26 +115,6 @@ pub fn host_mounts() -> Result<Vec<MountEntry>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
     Ok(parse_mountinfo(&text))
-}
-
-fn unescape(s: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// `struct mount_attr` of `mount_setattr(2)`.

@@ -128,7 +128,8 @@ pub fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
         .map(unescape_mountinfo)
 }
 
-fn unescape_mountinfo(s: &str) -> PathBuf {
+/// A mountinfo path field with the kernel's octal escapes (`\040` for a space) decoded.
+pub fn unescape_mountinfo(s: &str) -> PathBuf {
     use std::os::unix::ffi::OsStringExt;
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
